@@ -1,0 +1,1 @@
+"""Thin entry points (Hydra and demos). The logic lives in the gaflax library."""
