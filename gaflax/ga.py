@@ -1,0 +1,473 @@
+"""The Generalized Average (GA): the weighted power mean, in dense and segment form.
+
+    M_p(x) = (sum_i w_i x_i^p / sum_i w_i)^(1/p),     x_i >= 0, w_i >= 0,
+
+with its limits p -> 0 (geometric mean), p = -inf (min) and p = +inf (max). The bounded control
+``alpha`` in [-1, 1] maps to ``p = tan(pi * alpha / 2)``.
+
+Everything is computed in the log domain, ``z = log x``:
+
+    L = log M = zref + log(sum_i wbar_i exp(p (z_i - zref))) / p,       wbar = w / sum(w),
+
+where ``zref`` is the largest (p > 0) or smallest (p < 0) z with positive weight, so that every
+exponent is <= 0 and nothing overflows. When the sum S is close to 1 (small |p|, the geometric
+regime) ``log S`` loses digits, so we use ``log1p(sum wbar expm1(...))`` instead, which is exact to
+rounding right down to p = 0, where L is the weighted mean of z. The gradient is a ``custom_jvp``
+whose formulas (derived in ``docs/ga_math.md``) are finite at p = 0, p = +-inf, zero inputs and
+empty segments, where plain autodiff of the formula above gives NaN or Inf.
+
+One implementation serves both layouts: ``_Dense`` reduces over axes (keeping them), ``_Segments``
+reduces rows of ``[E, ...]`` into ``[num_segments, ...]`` like ``jax.ops.segment_sum``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+__all__ = [
+    "EMPTY_LOG_FILL",
+    "alpha_from_p",
+    "ga",
+    "log_ga",
+    "p_from_alpha",
+    "segment_ga",
+    "segment_log_ga",
+]
+
+#: Value of ``log_ga`` / ``segment_log_ga`` for an empty reduction (no element with positive
+#: weight). ``ga`` / ``segment_ga`` return 0 there. Both have zero gradient.
+EMPTY_LOG_FILL = 0.0
+
+# Below this |t| = |p (z - L)| the exponent-gradient terms use a Taylor series (see _kl_terms).
+_TAYLOR_RADIUS = 0.5
+# Taylor coefficients of h(t) / t^2 with h(t) = (t - 1) e^t + 1:  sum_j (j + 1) / (j + 2)! t^j.
+_KL_TAYLOR = tuple((j + 1) / math.factorial(j + 2) for j in range(15))
+
+
+# ----------------------------------------------------------------------------------------------
+# alpha <-> p
+# ----------------------------------------------------------------------------------------------
+def p_from_alpha(alpha):
+    """``p = tan(pi * alpha / 2)``, exactly ``+-inf`` at ``alpha = +-1``.
+
+    alpha = -1, -0.5, 0, 0.5, 1 give min, harmonic, geometric, arithmetic and max.
+    """
+    alpha = jnp.asarray(alpha, _float_dtype(jnp.asarray(alpha).dtype))
+    at_limit = jnp.abs(alpha) >= 1
+    safe = jnp.where(at_limit, 0.0, alpha)
+    return jnp.where(at_limit, jnp.sign(alpha) * jnp.inf, jnp.tan(0.5 * jnp.pi * safe))
+
+
+def alpha_from_p(p):
+    """``alpha = (2 / pi) * arctan(p)``, the inverse of :func:`p_from_alpha` (``+-inf -> +-1``)."""
+    p = jnp.asarray(p, _float_dtype(jnp.asarray(p).dtype))
+    return (2 / jnp.pi) * jnp.arctan(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts: how elements are reduced to groups and groups broadcast back to elements.
+# ----------------------------------------------------------------------------------------------
+class _Dense(NamedTuple):
+    """Reduce over ``axes`` of a dense array; groups keep the reduced axes as size 1."""
+
+    axes: tuple[int, ...]
+
+    def sum(self, v, ids):
+        return jnp.sum(v, self.axes, keepdims=True)
+
+    def max(self, v, ids):
+        return jnp.max(v, self.axes, keepdims=True, initial=-jnp.inf)
+
+    def min(self, v, ids):
+        return jnp.min(v, self.axes, keepdims=True, initial=jnp.inf)
+
+    def expand(self, g, ids):
+        return g
+
+
+class _Segments(NamedTuple):
+    """Reduce rows ``[E, ...]`` into ``[num_segments, ...]`` by ``segment_ids``."""
+
+    num_segments: int
+    indices_are_sorted: bool
+
+    def sum(self, v, ids):
+        return jax.ops.segment_sum(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
+
+    def max(self, v, ids):
+        return jax.ops.segment_max(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
+
+    def min(self, v, ids):
+        return jax.ops.segment_min(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
+
+    def expand(self, g, ids):
+        return jnp.take(g, ids, axis=0, mode="clip")
+
+
+# ----------------------------------------------------------------------------------------------
+# The core: forward statistics, shared by the value and the JVP.
+# ----------------------------------------------------------------------------------------------
+class _Stats(NamedTuple):
+    z: jax.Array  # [elements] log-values (-inf for zeros)
+    L: jax.Array  # [groups] log of the mean (EMPTY_LOG_FILL where empty)
+    M: jax.Array  # [groups] the mean itself (0 where empty); unused for log inputs
+    ok: jax.Array  # [groups] bool: non-empty and L > -inf; gradients are zero elsewhere
+    W: jax.Array  # [groups of w] total weight, 1 where empty
+    S: jax.Array  # [groups] sum wbar * e, 1 where not ok
+    U: jax.Array  # [groups] sum wbar * expm1(t0)
+    e: jax.Array  # [elements] exp(p (z - zref)), or the arg-max/min indicator for infinite p
+    em1: jax.Array  # [elements] expm1(p (z - zref)) (0 for p = 0 or infinite p)
+    regular: jax.Array  # [p groups] bool: p finite and nonzero
+    p_safe: jax.Array  # [p groups] p where regular, else 1
+
+
+def _forward(layout, log_input, v, w, p, ids) -> _Stats:
+    """Compute the mean and the per-element terms its derivatives need.
+
+    ``v``: element values (x, or z when ``log_input``); ``w``: weights broadcastable to ``v``
+    (same rank); ``p``: exponent broadcastable to the groups and elements (same rank).
+    The reference value is taken in the input's own domain (x or z), so min, max and one-element
+    groups are returned exactly, without an exp(log(x)) round trip.
+    """
+    dtype = v.dtype
+    floor = -jnp.inf if log_input else 0  # the input value whose log is -inf
+    z = v if log_input else jnp.log(v)
+    support = w > 0
+    W = layout.sum(w, ids)
+    nonempty = W > 0
+    W = jnp.where(nonempty, W, 1)
+
+    vmax = layout.max(jnp.where(support, v, -jnp.inf), ids)
+    vmin = layout.min(jnp.where(support, v, jnp.inf), ids)  # the floor when a zero has weight
+    vmin_above_floor = layout.min(jnp.where(support & (v > floor), v, jnp.inf), ids)
+
+    finite = jnp.isfinite(p)
+    positive = p > 0
+    regular = finite & (p != 0)
+    p_safe = jnp.where(regular, p, 1)
+    # Reference: every support element has p (z - zref) <= 0, except zeros when p < 0.
+    ref = jnp.where(p >= 0, vmax, vmin_above_floor)
+    ref = jnp.where(jnp.isfinite(ref) & (ref > floor), ref, 0 if log_input else 1)
+    zref = ref if log_input else jnp.log(ref)
+    extreme = jnp.where(positive, vmax, vmin)  # the mean for p = +-inf
+
+    d0 = z - layout.expand(zref, ids)
+    # Clamp so that elements outside the support (weight 0) never overflow; support elements
+    # are <= 0 anyway, and zeros with p < 0 are handled through vmin below.
+    t0 = jnp.minimum(jnp.where(regular, p_safe * d0, 0), 0.5 * math.log(jnp.finfo(dtype).max))
+    at_extreme = (v == layout.expand(extreme, ids)).astype(dtype)
+    e = jnp.where(finite, jnp.exp(t0), at_extreme)
+    em1 = jnp.where(regular, jnp.expm1(t0), 0)
+    # Empty groups get S = 1, U = 0 so that no Inf reaches a derivative (even one masked out).
+    S = jnp.where(nonempty, layout.sum(w * e, ids) / W, 1)
+    U = jnp.where(nonempty, layout.sum(w * em1, ids) / W, 0)
+
+    # log S, accurate both when S ~ 1 (log1p of a sum of same-sign terms) and when S << 1.
+    log_s = jnp.where(S < 0.5, jnp.log(jnp.where(S > 0, S, 1)), jnp.log1p(U))
+    log_s = jnp.where(S == 0, -jnp.inf, log_s)  # all weight on zeros, p > 0 (NaN stays NaN)
+    offset = jnp.where(p == 0, layout.sum(jnp.where(support, w * d0, 0), ids) / W, log_s / p_safe)
+    offset = jnp.where((p < 0) & (vmin == floor), -jnp.inf, offset)  # a zero with weight, p < 0
+    z_extreme = extreme if log_input else jnp.log(extreme)
+    L = jnp.where(nonempty, jnp.where(finite, zref + offset, z_extreme), EMPTY_LOG_FILL)
+    M = jnp.where(nonempty, jnp.where(finite, ref * jnp.exp(offset), extreme), 0)
+
+    ok = nonempty & (L > -jnp.inf)
+    S = jnp.where(ok & (S > 0), S, 1)
+    return _Stats(z, L, M, ok, W, S, U, e, em1, regular, p_safe)
+
+
+def _kl_terms(d, t, p_safe, regular, dtype):
+    """Per-element terms of KL(s || wbar) / p^2 and of KL(s || wbar).
+
+    With t = p (z - L) and h(t) = (t - 1) e^t + 1 >= 0, KL(s || wbar) = sum_i wbar_i h(t_i).
+    Near t = 0, h(t) = t^2 P(t) with the Taylor series P; we return d^2 P(t) = h / p^2 there, which
+    stays exact as p -> 0 (it tends to d^2 / 2, giving Var(z) / 2 for the geometric mean).
+    """
+    small = jnp.abs(t) < _TAYLOR_RADIUS
+    ts = jnp.where(small, t, 0)
+    poly = jnp.zeros_like(ts)
+    for c in reversed(_KL_TAYLOR):
+        poly = poly * ts + c
+    tb = jnp.where(small, _TAYLOR_RADIUS, jnp.clip(t, -1e4, 0.5 * math.log(jnp.finfo(dtype).max)))
+    h_big = (tb - 1) * jnp.exp(tb) + 1
+    ds = jnp.where(small, d, 0)
+    kl_over_p2 = jnp.where(small, ds * ds * poly, h_big / (p_safe * p_safe))
+    kl = jnp.where(small, ts * ts * poly, h_big)
+    return jnp.where(regular, kl_over_p2, 0), jnp.where(regular, kl, 0)
+
+
+def _is_zero(t):
+    return t is None or isinstance(t, SymbolicZero)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _mean(layout, log_input, by_alpha, v, w, exponent, ids):
+    """log M (``log_input``) or M of ``v``; ``exponent`` is alpha (``by_alpha``) or p."""
+    p = p_from_alpha(exponent) if by_alpha else exponent
+    st = _forward(layout, log_input, v, w, p, ids)
+    return st.L if log_input else st.M
+
+
+@functools.partial(_mean.defjvp, symbolic_zeros=True)
+def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
+    v, w, exponent, ids = primals
+    dv, dw, dexponent, _ = tangents
+    p = p_from_alpha(exponent) if by_alpha else exponent
+    st = _forward(layout, log_input, v, w, p, ids)
+    expand = functools.partial(layout.expand, ids=ids)
+    dtype = v.dtype
+    finite = jnp.isfinite(p)
+    ok_e = expand(st.ok)
+    out = st.L if log_input else st.M
+
+    # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
+    s = jnp.where(ok_e, w * st.e / expand(st.W * st.S), 0)
+
+    d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
+    if not _is_zero(dw):
+        # d L / d w_i = ((x_i / M)^p - 1) / (p W); (x/M)^p = e_i / S. When S >= 1/2 we use
+        # (expm1_i - U) / S instead, which has no cancellation as p -> 0. At p = 0: z_i - L.
+        S_e, U_e, W_e = expand(st.S), expand(st.U), expand(st.W)
+        g_reg = jnp.where(S_e < 0.5, st.e / S_e - 1, (st.em1 - U_e) / S_e) / st.p_safe
+        g_geo = st.z - expand(st.L)
+        g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
+        g = jnp.where(ok_e & jnp.isfinite(g), g / W_e, 0)
+        d_log = d_log + layout.sum(g * dw, ids)
+    if not _is_zero(dexponent):
+        # d L / d p = KL(s || wbar) / p^2;  d L / d alpha = (pi / 2) (1 + p^2) KL / p^2.
+        L_safe = jnp.where(st.ok, st.L, 0)
+        d = jnp.where(ok_e, st.z - expand(L_safe), 0)
+        t = jnp.where(st.regular, st.p_safe * d, 0)
+        kl_p2, kl = _kl_terms(d, t, st.p_safe, st.regular | (p == 0), dtype)
+        kl_over_p2 = layout.sum(w * kl_p2, ids) / st.W
+        kl = layout.sum(w * kl, ids) / st.W
+        # p = +-inf: s is wbar restricted to the arg-max (min), KL = -log S, KL / p^2 = 0.
+        kl = jnp.where(finite, kl, -jnp.log(st.S))
+        kl_over_p2 = jnp.where(st.ok, kl_over_p2, 0)
+        kl = jnp.where(st.ok, kl, 0)
+        if by_alpha:
+            d_log = d_log + (0.5 * jnp.pi) * (kl_over_p2 + kl) * dexponent
+        else:
+            d_log = d_log + kl_over_p2 * dexponent
+
+    if log_input:
+        d_out = d_log
+        if not _is_zero(dv):
+            d_out = d_out + layout.sum(s * dv, ids)
+    else:
+        d_out = st.M * d_log
+        if not _is_zero(dv):
+            # d M / d x_i = M s_i / x_i. At x_i = 0 it is w_i / W for p = 1 and 0 for p > 1;
+            # for p < 1 it is unbounded or depends on other zeros, and we return 0 (documented).
+            x_safe = jnp.where(v > 0, v, 1)
+            c = jnp.where(v > 0, expand(st.M) * s / x_safe, 0)
+            c = jnp.where((v == 0) & (p == 1) & expand(st.ok | (st.W > 0)), w / expand(st.W), c)
+            d_out = d_out + layout.sum(c * dv, ids)
+    return out, d_out.astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument handling.
+# ----------------------------------------------------------------------------------------------
+def _float_dtype(dtype):
+    """Floating dtype for computation: bfloat16 / float16 compute in float32, ints as floats."""
+    dtype = jnp.dtype(dtype)
+    if dtype in (jnp.bfloat16, jnp.float16):
+        return jnp.dtype(jnp.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(jnp.result_type(float))
+    return dtype
+
+
+def _out_dtype(dtype):
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else _float_dtype(dtype)
+
+
+def _check_nonnegative(name, x, mask=None):
+    """Raise on negative entries when ``x`` is concrete; under jit they give NaN instead."""
+    bad = x < 0
+    if mask is not None:
+        bad = bad & mask
+    try:
+        n_bad = int(jnp.sum(bad))
+    except jax.errors.ConcretizationTypeError:
+        return  # traced: cannot inspect values (documented: negative inputs give NaN)
+    if n_bad:
+        raise ValueError(
+            f"{name}: inputs must be non-negative, but {n_bad} of {x.size} entries are negative "
+            f"(smallest {float(jnp.min(jnp.where(bad, x, 0)))!r}). Use the log-domain "
+            f"{'segment_log_ga' if name.startswith('segment') else 'log_ga'} for real-valued "
+            "inputs, or make them positive first (for example with softplus)."
+        )
+
+
+def _exponent(name, p, alpha, group_shape, dtype):
+    """Validate p / alpha and broadcast to ``group_shape``; returns (exponent, by_alpha)."""
+    if (p is None) == (alpha is None):
+        raise ValueError(f"{name}: give exactly one of `p` and `alpha` (got {'both' if p is not None else 'neither'}).")
+    given, label = (p, "p") if p is not None else (alpha, "alpha")
+    given = jnp.asarray(given, dtype)
+    try:
+        given = jnp.broadcast_to(given, group_shape)
+    except ValueError:
+        raise ValueError(
+            f"{name}: `{label}` with shape {given.shape} does not broadcast against the reduced "
+            f"shape {tuple(group_shape)}."
+        ) from None
+    if label == "alpha":
+        try:
+            if bool(jnp.any(jnp.abs(given) > 1)):
+                raise ValueError(f"{name}: `alpha` must lie in [-1, 1]; got values up to {float(jnp.max(jnp.abs(given)))!r}.")
+        except jax.errors.ConcretizationTypeError:
+            pass
+        return given, True
+    return given, False
+
+
+def _weights(name, weights, shape, dtype):
+    if weights is None:
+        return jnp.ones((1,) * len(shape), dtype)
+    weights = jnp.asarray(weights, dtype)
+    _check_nonnegative(f"{name} (weights)", weights)
+    return weights
+
+
+def _reduced_axes(axis, ndim):
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for an array with {ndim} dimensions")
+    return tuple(sorted({int(a) % ndim for a in axes}))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+# ----------------------------------------------------------------------------------------------
+def _dense(name, log_input, values, p, alpha, axis, weights, where, keepdims):
+    values = jnp.asarray(values)
+    out_dtype = _out_dtype(values.dtype)
+    dtype = _float_dtype(values.dtype)
+    v = values.astype(dtype)
+    axes = _reduced_axes(axis, v.ndim)
+    if not log_input:
+        _check_nonnegative(name, v, None if where is None else jnp.broadcast_to(where, v.shape))
+    w = _weights(name, weights, v.shape, dtype)
+    try:
+        w = jnp.broadcast_to(w, v.shape)
+    except ValueError:
+        raise ValueError(f"{name}: weights with shape {w.shape} do not broadcast to x with shape {v.shape}.") from None
+    if where is not None:
+        mask = jnp.broadcast_to(jnp.asarray(where, bool), v.shape)
+        v = jnp.where(mask, v, 0 if log_input else 1)  # masked entries: any finite value
+        w = jnp.where(mask, w, 0)
+    group_shape = tuple(1 if i in axes else n for i, n in enumerate(v.shape))
+    reduced_shape = tuple(n for i, n in enumerate(v.shape) if i not in axes)
+    exponent, by_alpha = _exponent(name, p, alpha, reduced_shape, dtype)
+    out = _mean(_Dense(axes), log_input, by_alpha, v, w, exponent.reshape(group_shape), None)
+    if not keepdims:
+        out = out.reshape(reduced_shape)
+    return out.astype(out_dtype)
+
+
+def ga(x, p=None, *, alpha=None, axis=-1, weights=None, where=None, keepdims=False):
+    """Weighted power mean ``(sum w x^p / sum w)^(1/p)`` of non-negative ``x`` along ``axis``.
+
+    Args:
+      x: non-negative array. Zeros are valid: the mean is 0 when p <= 0 and a zero has weight.
+      p: exponent, scalar or array broadcasting against the reduced shape (per-channel
+        exponents); may be +-inf (max / min) or 0 (geometric mean).
+      alpha: the bounded alternative to ``p``, in [-1, 1]; ``p = tan(pi * alpha / 2)``.
+        Give exactly one of ``p`` and ``alpha``.
+      axis: int or tuple of ints to average over.
+      weights: non-negative, broadcast to ``x``; normalised internally.
+      where: boolean mask broadcast to ``x``; False entries are left out.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      The mean, with the reduced axes removed (or kept). An empty reduction (no entry with
+      positive weight) gives 0 with zero gradient. bfloat16 / float16 inputs are computed in
+      float32 and returned in their own dtype.
+
+    Gradients with respect to ``x``, ``weights``, ``p`` and ``alpha`` are exact and finite
+    everywhere (see ``docs/ga_math.md``), including alpha = +-1 and p = 0. Negative inputs raise
+    a ``ValueError`` when ``x`` is concrete; under ``jit`` they cannot be seen and give NaN.
+    """
+    return _dense("ga", False, x, p, alpha, axis, weights, where, keepdims)
+
+
+def log_ga(z, p=None, *, alpha=None, axis=-1, weights=None, where=None, keepdims=False):
+    """``log(ga(exp(z)))`` computed from logarithms: ``(1/p) log(sum wbar exp(p z))``.
+
+    ``z`` may be any real number (or -inf, the log of 0), so this is also a soft
+    min (p -> -inf) / mean (p -> 0) / max (p -> +inf) of real-valued features. Arguments as in
+    :func:`ga`. An empty reduction gives :data:`EMPTY_LOG_FILL` (0.0) with zero gradient.
+    """
+    return _dense("log_ga", True, z, p, alpha, axis, weights, where, keepdims)
+
+
+def _segment(name, log_input, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted):
+    data = jnp.asarray(data)
+    if data.ndim < 1:
+        raise ValueError(f"{name}: data must have a leading edge axis, got a scalar.")
+    segment_ids = jnp.asarray(segment_ids)
+    if segment_ids.shape != data.shape[:1] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(
+            f"{name}: segment_ids must be an integer array of shape {data.shape[:1]} (one id per row "
+            f"of data), got {segment_ids.dtype} with shape {segment_ids.shape}."
+        )
+    if not isinstance(num_segments, (int, np.integer)) or num_segments < 0:
+        raise ValueError(f"{name}: num_segments must be a static non-negative int, got {num_segments!r}.")
+    out_dtype = _out_dtype(data.dtype)
+    dtype = _float_dtype(data.dtype)
+    v = data.astype(dtype)
+    if not log_input:
+        _check_nonnegative(name, v)
+    w = _weights(name, weights, v.shape, dtype)
+    if w.ndim > v.ndim or w.shape[: min(w.ndim, 1)] not in ((), (1,), v.shape[:1]):
+        raise ValueError(
+            f"{name}: weights must have shape [E] or [E, ...] broadcasting against data {v.shape} "
+            f"(trailing dims are appended), got {w.shape}."
+        )
+    w = w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
+    try:
+        jnp.broadcast_shapes(w.shape, v.shape)
+    except ValueError:
+        raise ValueError(f"{name}: weights with shape {w.shape} do not broadcast against data {v.shape}.") from None
+    exponent, by_alpha = _exponent(name, p, alpha, v.shape[1:], dtype)
+    layout = _Segments(int(num_segments), bool(indices_are_sorted))
+    out = _mean(layout, log_input, by_alpha, v, w, exponent[None], segment_ids)
+    return out.astype(out_dtype)
+
+
+def segment_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False):
+    """Power mean of the rows of ``data`` in each segment, like ``jax.ops.segment_sum``.
+
+    Args:
+      data: ``[E, ...]`` non-negative values.
+      segment_ids: ``[E]`` integer segment of each row.
+      num_segments: static int N; the output has shape ``[N, ...]``.
+      p, alpha: exponent (exactly one), broadcasting against ``data.shape[1:]`` (per channel).
+      weights: ``[E]`` or ``[E, ...]`` non-negative (trailing singleton dims are appended, so
+        ``[E, H]`` attention weights work for ``[E, H, C]`` data); normalised per segment.
+      indices_are_sorted: whether ``segment_ids`` is sorted (faster).
+
+    Returns:
+      ``[N, ...]``. An empty segment gives 0 with zero gradient.
+    """
+    return _segment("segment_ga", False, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted)
+
+
+def segment_log_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False):
+    """Log-domain :func:`segment_ga`: ``(1/p) log(sum wbar exp(p z))`` per segment, any real z.
+
+    An empty segment gives :data:`EMPTY_LOG_FILL` (0.0) with zero gradient.
+    """
+    return _segment("segment_log_ga", True, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted)

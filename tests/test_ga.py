@@ -1,0 +1,452 @@
+"""The GA primitive against references: closed forms, scipy.stats.pmean, mpmath, check_grads."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import mpmath as mp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from scipy.stats import pmean
+
+import gaflax
+from gaflax import alpha_from_p, ga, log_ga, p_from_alpha, segment_ga, segment_log_ga
+
+NAMED_ALPHAS = [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# References
+# ---------------------------------------------------------------------------------------------
+def mp_log_mean(x, w, p, dps=60):
+    """log of the weighted power mean in high precision (x > 0)."""
+    with mp.workdps(max(dps, mp.mp.dps)):  # never lower the precision mp.diff raised
+        xs = [a if isinstance(a, mp.mpf) else mp.mpf(float(a)) for a in x]  # keep mp.diff steps
+        ws = [a if isinstance(a, mp.mpf) else mp.mpf(float(a)) for a in w]
+        W = mp.fsum(ws)
+        p = mp.mpf(p)
+        if p == 0:
+            return mp.fsum(b * mp.log(a) for a, b in zip(xs, ws)) / W
+        if mp.isinf(p):
+            support = [a for a, b in zip(xs, ws) if b > 0]
+            return mp.log(max(support) if p > 0 else min(support))
+        return mp.log(mp.fsum(b * a**p for a, b in zip(xs, ws)) / W) / p
+
+
+def mp_mean(x, w, p):
+    with mp.workdps(60):
+        return float(mp.exp(mp_log_mean(x, w, p)))
+
+
+def closed_form(x, w, alpha):
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    wb = w / w.sum()
+    return {
+        -1.0: x.min(),
+        -0.5: 1 / np.sum(wb / x),
+        0.0: np.exp(np.sum(wb * np.log(x))),
+        0.5: np.sum(wb * x),
+        1.0: x.max(),
+    }[alpha]
+
+
+# ---------------------------------------------------------------------------------------------
+# alpha <-> p
+# ---------------------------------------------------------------------------------------------
+def test_p_from_alpha_named_points():
+    p = p_from_alpha(jnp.array(NAMED_ALPHAS))
+    assert p[0] == -jnp.inf and p[-1] == jnp.inf
+    np.testing.assert_allclose(p[1:-1], [-1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_alpha_from_p_inverts(x64):
+    alphas = np.linspace(-1, 1, 41)
+    np.testing.assert_allclose(alpha_from_p(p_from_alpha(alphas)), alphas, atol=1e-14)
+    assert alpha_from_p(jnp.inf) == 1 and alpha_from_p(-jnp.inf) == -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", NAMED_ALPHAS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_named_means_closed_form(x64, alpha, weighted):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.1, 10, 17)
+    w = rng.uniform(0.1, 3, 17) if weighted else np.ones(17)
+    got = ga(x, alpha=alpha, weights=w if weighted else None)
+    np.testing.assert_allclose(got, closed_form(x, w, alpha), rtol=1e-14)
+
+
+@pytest.mark.parametrize("p", [-7.5, -2.0, -0.3, 0.2, 1.5, 4.0, 13.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_scipy_pmean(p, dtype):
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.01, 5, (4, 6, 9)).astype(dtype)
+    w = rng.uniform(0, 2, (4, 6, 9)).astype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        got = ga(x, p, axis=-1, weights=w)
+        got_axis0 = ga(x, p, axis=0)
+    # scipy's plain (mean x^p)^(1/p) carries its own rounding, amplified by 1 / |p|.
+    rtol = 64 * np.finfo(dtype).eps * max(1.0, 1 / abs(p))
+    np.testing.assert_allclose(got, pmean(x.astype(np.float64), p, axis=-1, weights=w), rtol=rtol)
+    np.testing.assert_allclose(got_axis0, pmean(x.astype(np.float64), p, axis=0), rtol=rtol)
+
+
+def test_tuple_axis_and_keepdims():
+    x = np.random.default_rng(3).uniform(0.5, 2, (3, 4, 5)).astype(np.float32)
+    got = ga(x, 2.0, axis=(0, 2), keepdims=True)
+    assert got.shape == (1, 4, 1)
+    ref = pmean(np.moveaxis(x, 1, 0).reshape(4, -1), 2.0, axis=1)
+    np.testing.assert_allclose(got.ravel(), ref, rtol=1e-6)
+
+
+EXPONENTS = [-1e6, -1e3, -30.0, -1.0, -1e-3, -1e-7, 0.0, 1e-7, 1e-3, 0.3, 1.0, 2.0, 30.0, 1e3, 1e6, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 3000])
+def test_high_precision_reference_whole_range(dtype, n):
+    """x in [1e-6, 1e6] log-uniform, |p| up to 1e6 and the limits, with and without weights."""
+    rng = np.random.default_rng(n)
+    x = np.exp(rng.uniform(math.log(1e-6), math.log(1e6), n)).astype(dtype)
+    w = rng.uniform(0.1, 2, n).astype(dtype)
+    eps = np.finfo(dtype).eps
+    with jax.enable_x64(dtype == np.float64):
+        for weights in (None, w):
+            sweep = jax.jit(jax.vmap(lambda x, w, p: ga(x, p, weights=w), (None, None, 0)))
+            got = np.asarray(sweep(x, weights, jnp.array(EXPONENTS, dtype)))
+            for p, value in zip(EXPONENTS, got):
+                ref = mp_mean(x, np.ones(n) if weights is None else weights, p)
+                assert value.dtype == dtype
+                np.testing.assert_allclose(value, ref, rtol=64 * eps, err_msg=f"p={p}, weighted={weights is not None}")
+
+
+@pytest.mark.parametrize("alpha", [-1.0, -0.999999, -1e-6, 0.0, 1e-6, 0.999999, 1.0])
+def test_alpha_limits_match_mpmath(x64, alpha):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.1, 100, 50)
+    w = rng.uniform(0.1, 1, 50)
+    ref = mp_mean(x, w, float(p_from_alpha(alpha)))
+    np.testing.assert_allclose(ga(x, alpha=alpha, weights=w), ref, rtol=1e-13)
+
+
+def test_log_ga_is_log_of_ga(x64):
+    rng = np.random.default_rng(6)
+    x = rng.uniform(1e-3, 1e3, (5, 40))
+    for alpha in [-1, -0.7, -0.2, 0, 0.1, 0.6, 1]:
+        np.testing.assert_allclose(log_ga(np.log(x), alpha=alpha), np.log(ga(x, alpha=alpha)), rtol=1e-13, atol=1e-13)
+
+
+def test_log_ga_real_valued_soft_min_mean_max(x64):
+    z = np.array([-3.0, 0.5, 2.0, -1.0])
+    np.testing.assert_allclose(log_ga(z, 0.0), z.mean(), rtol=1e-15)
+    np.testing.assert_allclose(log_ga(z, 1.0), np.log(np.mean(np.exp(z))), rtol=1e-15)
+    np.testing.assert_allclose(log_ga(z, -2.0), -0.5 * np.log(np.mean(np.exp(-2 * z))), rtol=1e-14)
+    assert log_ga(z, jnp.inf) == 2.0 and log_ga(z, -jnp.inf) == -3.0
+    np.testing.assert_allclose(log_ga(z, 1e4), 2.0 + np.log(0.25) / 1e4, rtol=1e-12)
+
+
+def test_per_channel_exponent_broadcasts_against_reduced_shape(x64):
+    x = np.random.default_rng(7).uniform(0.5, 3, (6, 3, 10))
+    alphas = np.array([-0.5, 0.0, 0.5])
+    got = ga(x, alpha=alphas)  # reduced shape (6, 3); alpha broadcasts per column
+    for j, a in enumerate(alphas):
+        np.testing.assert_allclose(got[:, j], ga(x[:, j], alpha=a), rtol=1e-14)
+
+
+def test_where_equals_subset(x64):
+    rng = np.random.default_rng(8)
+    x = rng.uniform(0.1, 5, 20)
+    mask = rng.random(20) < 0.5
+    x_with_garbage = np.where(mask, x, -7.0)  # masked entries may hold anything, even negatives
+    for p in [-2.0, 0.0, 0.7, np.inf]:
+        np.testing.assert_allclose(ga(x_with_garbage, p, where=mask), ga(x[mask], p), rtol=1e-14)
+
+
+def test_bfloat16_computes_in_float32():
+    x = jnp.array([1.0, 2.0, 4.0, 8.0], jnp.bfloat16)
+    got = ga(x, alpha=0.0)
+    assert got.dtype == jnp.bfloat16
+    assert float(got) == pytest.approx(2 ** 1.5, rel=1e-2)
+
+
+def test_float32_agrees_with_float64(x64):
+    rng = np.random.default_rng(9)
+    x = rng.uniform(1e-3, 1e3, (8, 500))
+    alphas = np.linspace(-1, 1, 8)
+    got32 = ga(x.astype(np.float32), alpha=alphas.astype(np.float32)[:, None][:, 0])
+    got64 = ga(x, alpha=alphas)
+    np.testing.assert_allclose(got32, got64, rtol=32 * np.finfo(np.float32).eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zeros, empty reductions
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [-np.inf, -3.0, -1.0, 0.0, 0.5, 1.0, 2.0, np.inf])
+def test_zero_inputs_values_and_finite_gradients(x64, p):
+    x = np.array([0.0, 1.0, 2.0, 4.0])
+    w = np.array([1.0, 2.0, 1.0, 1.0])
+    value = ga(x, p, weights=w)
+    if p <= 0:
+        assert value == 0
+    else:
+        ref = x.max() if p == np.inf else np.sum(w / w.sum() * x**p) ** (1 / p)
+        np.testing.assert_allclose(value, ref, rtol=1e-14)
+    gx, gw, gp = jax.grad(lambda x, w, p: ga(x, p, weights=w), argnums=(0, 1, 2))(x, w, p)
+    for g in (gx, gw, gp):
+        assert np.all(np.isfinite(g)), (p, gx, gw, gp)
+    if p == 1.0:
+        np.testing.assert_allclose(gx, w / w.sum(), rtol=1e-14)  # linear: exact even at zero
+    if p == 2.0:
+        assert gx[0] == 0  # d/dx (x^2) at 0
+    if p < 0:
+        np.testing.assert_array_equal(gx[1:], 0)  # M stays 0 when other inputs move
+
+
+def test_all_zero_and_alpha_gradient_finite():
+    x = jnp.zeros(5)
+    for alpha in [-1.0, -0.5, 0.0, 0.5, 1.0]:
+        value, (gx, ga_) = jax.value_and_grad(lambda x, a: ga(x, alpha=a), argnums=(0, 1))(x, alpha)
+        assert value == 0 and jnp.all(jnp.isfinite(gx)) and jnp.isfinite(ga_)
+
+
+def test_empty_reduction_is_zero_with_zero_gradient():
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    w = jnp.array([[1.0, 1.0], [0.0, 0.0]])
+    out, vjp = jax.vjp(lambda x, w, a: ga(x, alpha=a, weights=w), x, w, 0.3)
+    assert out[1] == 0
+    gx, gw, galpha = vjp(jnp.array([0.0, 1.0]))
+    assert jnp.all(gx == 0) and jnp.all(gw == 0) and galpha == 0
+    assert log_ga(jnp.log(x), 0.3, weights=w)[1] == gaflax.EMPTY_LOG_FILL
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [-3.0, -0.5, 0.3, 2.0, 25.0])
+def test_check_grads_dense(x64, p):
+    rng = np.random.default_rng(10)
+    x = rng.uniform(0.2, 3, (3, 5))
+    w = rng.uniform(0.2, 2, (3, 5))
+    check_grads(lambda x, w, p: ga(x, p, weights=w), (x, w, p), order=2, modes=["fwd", "rev"])
+    check_grads(lambda z, w, p: log_ga(z, p, weights=w), (np.log(x), w, p), order=2, modes=["fwd", "rev"])
+
+
+@pytest.mark.parametrize("alpha", [-0.9, -0.3, 0.05, 0.4, 0.8])
+def test_check_grads_alpha(x64, alpha):
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.2, 3, 6)
+    w = rng.uniform(0.2, 2, 6)
+    check_grads(lambda x, w, a: ga(x, alpha=a, weights=w), (x, w, alpha), order=2, modes=["fwd", "rev"])
+
+
+def test_check_grads_segments_with_empty_segment(x64):
+    rng = np.random.default_rng(12)
+    data = rng.uniform(0.2, 3, (7, 3))
+    w = rng.uniform(0.2, 2, 7)
+    ids = np.array([0, 0, 1, 1, 1, 3, 3])  # segment 2 is empty
+    f = lambda d, w, a: segment_ga(d, ids, 4, alpha=a, weights=w)  # noqa: E731
+    check_grads(f, (data, w, np.array([-0.4, 0.2, 0.7])), order=2, modes=["fwd", "rev"])
+    g = lambda d, w, p: segment_log_ga(d, ids, 4, p, weights=w)  # noqa: E731
+    check_grads(g, (data - 1.5, w, 1.3), order=2, modes=["fwd", "rev"])
+
+
+def mp_grads(x, w, p):
+    """d log M / d x_i, d log M / d w_i, d log M / d p by mpmath differentiation."""
+    n = len(x)
+    with mp.workdps(60):
+        point = [mp.mpf(float(a)) for a in list(x) + list(w)] + [mp.mpf(p)]
+
+        def partial(i):
+            def f(t):
+                q = list(point)
+                q[i] += t
+                return mp_log_mean(q[:n], q[n : 2 * n], q[-1])
+
+            return float(mp.diff(f, 0))
+
+        out = [partial(i) for i in range(len(point))]
+    return np.array(out[:n]), np.array(out[n : 2 * n]), out[-1]
+
+
+@pytest.mark.parametrize("p", [-20.0, -1.0, -1e-4, 1e-4, 0.5, 3.0, 200.0])
+def test_gradients_match_mpmath(x64, p):
+    rng = np.random.default_rng(13)
+    x = rng.uniform(0.1, 10, 5)
+    w = rng.uniform(0.2, 2, 5)
+    ref_x, ref_w, ref_p = mp_grads(x, w, p)
+    gx, gw, gp = jax.grad(lambda x, w, p: log_ga(jnp.log(x), p, weights=w), argnums=(0, 1, 2))(x, w, p)
+    np.testing.assert_allclose(gx, ref_x, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gw, ref_w, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(gp, ref_p, rtol=1e-9)
+
+
+def test_exponent_gradient_closed_forms_at_limits(x64):
+    """d log M / d alpha: (pi/2) Var_w(log x) / 2 at alpha = 0, -(pi/2) log wbar_max at +-1."""
+    x = np.array([0.5, 2.0, 3.0, 10.0])
+    w = np.array([1.0, 2.0, 0.5, 1.0])
+    wb = w / w.sum()
+    z = np.log(x)
+    var = np.sum(wb * (z - np.sum(wb * z)) ** 2)
+    grad = jax.grad(lambda a: log_ga(z, alpha=a, weights=w))
+    np.testing.assert_allclose(grad(0.0), 0.5 * np.pi * var / 2, rtol=1e-14)
+    np.testing.assert_allclose(grad(1.0), -0.5 * np.pi * np.log(wb[3]), rtol=1e-14)
+    np.testing.assert_allclose(grad(-1.0), -0.5 * np.pi * np.log(wb[0]), rtol=1e-14)
+    # d log M / d p at p = 0 is Var / 2; at p = +-inf it is 0.
+    gp = jax.grad(lambda p: log_ga(z, p, weights=w))
+    np.testing.assert_allclose(gp(0.0), var / 2, rtol=1e-14)
+    assert gp(jnp.inf) == 0 and gp(-jnp.inf) == 0
+    # One-sided limits: the derivative is continuous as alpha -> 1 and alpha -> 0.
+    np.testing.assert_allclose(grad(1 - 1e-9), grad(1.0), rtol=1e-6)
+    np.testing.assert_allclose(grad(1e-9), grad(0.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_finite_over_whole_range(dtype):
+    rng = np.random.default_rng(14)
+    x = np.exp(rng.uniform(math.log(1e-6), math.log(1e6), 200)).astype(dtype)
+    w = rng.uniform(0.1, 2, 200).astype(dtype)
+    alphas = np.array([-1, -0.999, -0.5, -1e-6, 0, 1e-6, 0.5, 0.999, 1], dtype)
+    with jax.enable_x64(dtype == np.float64):
+        grads = jax.vmap(jax.grad(lambda x, w, a: ga(x, alpha=a, weights=w), argnums=(0, 1, 2)), (None, None, 0))(x, w, alphas)
+    for g in grads:
+        assert np.all(np.isfinite(g))
+
+
+def test_float32_exponent_gradient_near_zero(x64):
+    """No float32 cancellation near p = 0: d log M / dp matches float64 to ~1e-5."""
+    rng = np.random.default_rng(15)
+    z = rng.normal(size=300) * 3
+    for p in [1e-6, 1e-3, -1e-3, 0.05]:
+        g64 = jax.grad(lambda p: log_ga(z, p))(p)
+        g32 = jax.grad(lambda p: log_ga(z.astype(np.float32), p))(np.float32(p))
+        np.testing.assert_allclose(g32, g64, rtol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment forms
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sorted_ids", [True, False])
+def test_segment_matches_dense_per_segment(x64, sorted_ids):
+    rng = np.random.default_rng(16)
+    ids = rng.integers(0, 6, 50)
+    ids[ids == 4] = 5  # segment 4 empty
+    if sorted_ids:
+        ids = np.sort(ids)
+    data = rng.uniform(0.1, 4, (50, 3))
+    w = rng.uniform(0.1, 2, 50)
+    alphas = np.array([-0.8, 0.0, 0.6])
+    out = segment_ga(data, ids, 6, alpha=alphas, weights=w, indices_are_sorted=sorted_ids)
+    assert out.shape == (6, 3)
+    for s in range(6):
+        if s == 4:
+            np.testing.assert_array_equal(out[s], 0)
+            continue
+        m = ids == s
+        np.testing.assert_allclose(out[s], ga(data[m].T, alpha=alphas[:, None][:, 0], weights=w[m]), rtol=1e-13)
+    log_out = np.asarray(segment_log_ga(np.log(data), ids, 6, alpha=alphas, weights=w, indices_are_sorted=sorted_ids))
+    nonempty = [0, 1, 2, 3, 5]
+    np.testing.assert_allclose(np.exp(log_out[nonempty]), np.asarray(out)[nonempty], rtol=1e-13)
+    np.testing.assert_array_equal(log_out[4], gaflax.EMPTY_LOG_FILL)
+
+
+def test_segment_weights_per_head_broadcast_over_channels(x64):
+    rng = np.random.default_rng(17)
+    data = rng.uniform(0.1, 4, (10, 2, 3))  # [E, heads, channels]
+    att = rng.uniform(0.1, 1, (10, 2))  # [E, heads]
+    ids = np.repeat(np.arange(5), 2)
+    out = segment_ga(data, ids, 5, 2.0, weights=att)
+    ref = segment_ga(data, ids, 5, 2.0, weights=np.broadcast_to(att[:, :, None], data.shape))
+    np.testing.assert_allclose(out, ref, rtol=1e-14)
+
+
+def test_segment_empty_segment_zero_gradient():
+    data = jnp.array([[1.0], [2.0], [3.0]])
+    ids = jnp.array([0, 0, 2])
+    out, vjp = jax.vjp(lambda d, a: segment_ga(d, ids, 3, alpha=a), data, jnp.array([0.3]))
+    assert out[1, 0] == 0
+    gd, galpha = vjp(jnp.array([[0.0], [1.0], [0.0]]))
+    assert jnp.all(gd == 0) and jnp.all(galpha == 0)
+
+
+def test_segment_large_p_and_zeros_float32():
+    data = jnp.array([[0.0], [1e-6], [1e6], [3.0], [0.0], [0.0]])
+    ids = jnp.array([0, 0, 0, 1, 1, 2])
+    for p in [-1e6, -2.0, 0.0, 2.0, 1e6]:
+        out = segment_ga(data, ids, 3, p)
+        grads = jax.grad(lambda d, p: segment_ga(d, ids, 3, p).sum(), argnums=(0, 1))(data, p)
+        assert jnp.all(jnp.isfinite(out)) and all(jnp.all(jnp.isfinite(g)) for g in grads)
+        if p <= 0:
+            np.testing.assert_array_equal(out[:, 0], 0.0)
+    np.testing.assert_allclose(segment_ga(data, ids, 3, 1e6)[0, 0], 1e6 * (1 / 3) ** 1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformations
+# ---------------------------------------------------------------------------------------------
+def test_jit_and_no_jit_agree():
+    x = jnp.linspace(0.5, 3, 12).reshape(3, 4)
+    for alpha in [-1.0, -0.3, 0.0, 0.4, 1.0]:
+        np.testing.assert_allclose(jax.jit(lambda x, a: ga(x, alpha=a))(x, alpha), ga(x, alpha=alpha), rtol=1e-6)
+
+
+def test_vmap_over_data_and_alpha_sweep(x64):
+    rng = np.random.default_rng(18)
+    x = rng.uniform(0.1, 5, (4, 30))
+    alphas = jnp.linspace(-1, 1, 9)
+    sweep = jax.jit(jax.vmap(jax.vmap(lambda x, a: ga(x, alpha=a), (None, 0)), (0, None)))(x, alphas)
+    assert sweep.shape == (4, 9)
+    for i in range(4):
+        for j, a in enumerate(alphas):
+            np.testing.assert_allclose(sweep[i, j], ga(x[i], alpha=a), rtol=1e-14)
+    # Monotone in alpha, from min to max.
+    assert np.all(np.diff(sweep, axis=1) >= 0)
+    np.testing.assert_allclose(sweep[:, 0], x.min(1)) and np.testing.assert_allclose(sweep[:, -1], x.max(1))
+
+
+def test_vmap_segments_over_alpha():
+    data = jnp.array([[1.0], [4.0], [2.0]])
+    ids = jnp.array([0, 0, 1])
+    out = jax.vmap(lambda a: segment_ga(data, ids, 2, alpha=a))(jnp.array([-1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(out[:, 0, 0], [1.0, 2.0, 4.0], rtol=1e-6)
+
+
+def test_negative_under_jit_gives_nan():
+    """Documented: values cannot be inspected under jit, so negative inputs give NaN."""
+    assert jnp.isnan(jax.jit(lambda x: ga(x, 2.0))(jnp.array([1.0, -1.0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+def test_negative_inputs_raise_clear_error():
+    with pytest.raises(ValueError, match=r"non-negative.*1 of 3 entries.*log_ga"):
+        ga(jnp.array([1.0, -2.0, 3.0]), 1.0)
+    with pytest.raises(ValueError, match=r"non-negative.*segment_log_ga"):
+        segment_ga(jnp.array([1.0, -2.0]), jnp.array([0, 0]), 1, 1.0)
+    with pytest.raises(ValueError, match="weights"):
+        ga(jnp.array([1.0, 2.0]), 1.0, weights=jnp.array([1.0, -1.0]))
+
+
+def test_bad_arguments_raise_clear_errors():
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match="exactly one of `p` and `alpha`"):
+        ga(x)
+    with pytest.raises(ValueError, match="exactly one of `p` and `alpha`"):
+        ga(x, 1.0, alpha=0.5)
+    with pytest.raises(ValueError, match=r"alpha.*\[-1, 1\]"):
+        ga(x, alpha=1.5)
+    with pytest.raises(ValueError, match=r"`p` with shape \(5,\) does not broadcast.*\(3,\)"):
+        ga(x, jnp.ones(5))
+    with pytest.raises(ValueError, match="weights with shape"):
+        ga(x, 1.0, weights=jnp.ones(3))
+    with pytest.raises(ValueError, match="out of range"):
+        ga(x, 1.0, axis=2)
+    with pytest.raises(ValueError, match=r"segment_ids must be an integer array of shape \(3,\)"):
+        segment_ga(x, jnp.array([0, 1]), 2, 1.0)
+    with pytest.raises(ValueError, match="num_segments must be a static"):
+        segment_ga(x, jnp.array([0, 1, 1]), 2.5, 1.0)
+    with pytest.raises(ValueError, match=r"weights must have shape \[E\]"):
+        segment_ga(x, jnp.array([0, 1, 1]), 2, 1.0, weights=jnp.ones(4))
