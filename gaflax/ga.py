@@ -49,6 +49,8 @@ EMPTY_LOG_FILL = 0.0
 _TAYLOR_RADIUS = 0.5
 # Taylor coefficients of h(t) / t^2 with h(t) = (t - 1) e^t + 1:  sum_j (j + 1) / (j + 2)! t^j.
 _KL_TAYLOR = tuple((j + 1) / math.factorial(j + 2) for j in range(15))
+# Taylor coefficients of expm1(t) / t: 1 / (k + 1)!.
+_EXPM1_TAYLOR = tuple(1 / math.factorial(k + 1) for k in range(17))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,8 +87,9 @@ class _Dense(NamedTuple):
     def max(self, v, ids):
         return jnp.max(v, self.axes, keepdims=True, initial=-jnp.inf)
 
-    def min(self, v, ids):
-        return jnp.min(v, self.axes, keepdims=True, initial=jnp.inf)
+    def coarse_max(self, v):
+        """An upper bound of ``max`` that is cheap to compute: here ``max`` itself (exact)."""
+        return jnp.max(v, self.axes, keepdims=True, initial=-jnp.inf)
 
     def expand(self, g, ids):
         return g
@@ -104,10 +107,13 @@ class _Segments(NamedTuple):
     def max(self, v, ids):
         return jax.ops.segment_max(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
 
-    def min(self, v, ids):
-        return jax.ops.segment_min(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
+    def coarse_max(self, v):
+        """An upper bound of ``max`` for every segment: the max over all rows (per channel)."""
+        return jnp.max(v, axis=0, keepdims=True, initial=-jnp.inf)
 
     def expand(self, g, ids):
+        if g.shape[0] == 1 and self.num_segments != 1:  # per channel only: broadcasts as is
+            return g
         return jnp.take(g, ids, axis=0, mode="clip")
 
 
@@ -115,72 +121,132 @@ class _Segments(NamedTuple):
 # The core: forward statistics, shared by the value and the JVP.
 # ----------------------------------------------------------------------------------------------
 class _Stats(NamedTuple):
-    z: jax.Array  # [elements] log-values (-inf for zeros)
-    L: jax.Array  # [groups] log of the mean (EMPTY_LOG_FILL where empty)
-    M: jax.Array  # [groups] the mean itself (0 where empty); unused for log inputs
-    ok: jax.Array  # [groups] bool: non-empty and L > -inf; gradients are zero elsewhere
-    W: jax.Array  # [groups of w] total weight, 1 where empty
-    S: jax.Array  # [groups] sum wbar * e, 1 where not ok
-    U: jax.Array  # [groups] sum wbar * expm1(t0)
-    e: jax.Array  # [elements] exp(p (z - zref)), or the arg-max/min indicator for infinite p
-    em1: jax.Array  # [elements] expm1(p (z - zref)) (0 for p = 0 or infinite p)
-    regular: jax.Array  # [p groups] bool: p finite and nonzero
-    p_safe: jax.Array  # [p groups] p where regular, else 1
+    """Per-group results of the forward pass (all of the group shape)."""
+
+    L: jax.Array  # log of the mean (EMPTY_LOG_FILL where empty)
+    M: jax.Array  # the mean itself (0 where empty); unused for log inputs
+    ok: jax.Array  # bool: non-empty and L > -inf; gradients are zero elsewhere
+    W: jax.Array  # total weight, 1 where empty
+    S: jax.Array  # sum wbar * e, 1 where not ok
+    U: jax.Array  # sum wbar * (e - 1) = S - 1, exact to rounding in the log1p branch
+    zref: jax.Array  # the reference log-value (log of the max / min input) of the exponents
+    use_log1p: jax.Array  # bool: the log1p(U) branch (Taylor expm1 terms) was used
+    unreliable: jax.Array  # bool: the per-channel reference is not good enough (segments)
 
 
-def _forward(layout, log_input, v, w, p, ids) -> _Stats:
-    """Compute the mean and the per-element terms its derivatives need.
+def _expm1_over_t(t):
+    """expm1(t) / t for |t| < 0.6 by its Taylor series sum_k t^k / (k + 1)!: a few FMAs instead
+    of a slow expm1. The truncation error is below rounding with 10 terms (float32), 17 (float64).
+    """
+    n_terms = 10 if jnp.finfo(t.dtype).bits <= 32 else 17
+    acc = jnp.zeros_like(t)
+    for c in reversed(_EXPM1_TAYLOR[:n_terms]):
+        acc = acc * t + c
+    return acc
+
+
+def _element_terms(z, p, zref_e, at_extreme_e):
+    """Per element: e = exp(p d0) and em1 = e - 1 with d0 = z - zref (a Taylor series for |p d0| <
+    0.6). At p = 0, e = 1 and em1 = d0, the terms of the geometric mean. For infinite p, e is
+    ``at_extreme_e`` (the indicator of the arg-max or arg-min) and em1 is meaningless.
+
+    Written with group-level selects only: an element-level select between two gathered
+    quantities made XLA:CPU's scatter 5x slower (scripts/bench_ga.py).
+    """
+    p_lin = jnp.where(jnp.isfinite(p) & (p != 0), p, 1)  # 1 at p = 0: t0 = d0
+    t0 = p_lin * (z - zref_e)
+    e = jnp.exp(t0 * (p != 0).astype(t0.dtype))  # exp(0) = 1 at p = 0
+    series = (jnp.abs(t0) < 0.6) | (p == 0)
+    em1 = jnp.where(series, t0 * _expm1_over_t(jnp.where(series & (p != 0), t0, 0)), e - 1)
+    e = jnp.where(jnp.isfinite(p), e, at_extreme_e)
+    return e, em1
+
+
+def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
+    """Compute the mean and the per-group terms its derivatives need.
 
     ``v``: element values (x, or z when ``log_input``); ``w``: weights broadcastable to ``v``
     (same rank); ``p``: exponent broadcastable to the groups and elements (same rank).
-    The reference value is taken in the input's own domain (x or z), so min, max and one-element
-    groups are returned exactly, without an exp(log(x)) round trip.
+
+    Reference: the max of x for p >= 0 and the min of the non-zero x for p < 0, so that every
+    exponent p (z - zref) <= 0. By default it comes from ``layout.coarse_max``: exact per group for
+    dense arrays, per channel over all rows for segments (two plain reductions instead of a
+    segment max; see ``_stats`` for when that is not enough). ``exact_reference`` takes it per
+    segment as ``sign(p) * max(sign(p) * x)``. Either way it is an input value itself, so min,
+    max and one-element groups come out exactly, without an exp(log x) round trip.
+
+    One sum per group: the log1p(U) form (Taylor expm1 terms) when |p| * spread < 0.567, where
+    every |t| < 0.567 and S > 1/2, else the log(S) form (exp terms). 0.567 (u e^u = 1) is where
+    the two error bounds, eps * D * e^{|p| D} and eps / |p|, cross (docs/ga_math.md).
     """
     dtype = v.dtype
     floor = -jnp.inf if log_input else 0  # the input value whose log is -inf
-    z = v if log_input else jnp.log(v)
+    to_log = (lambda a: a) if log_input else jnp.log
     support = w > 0
     W = layout.sum(w, ids)
     nonempty = W > 0
     W = jnp.where(nonempty, W, 1)
 
-    vmax = layout.max(jnp.where(support, v, -jnp.inf), ids)
-    vmin = layout.min(jnp.where(support, v, jnp.inf), ids)  # the floor when a zero has weight
-    vmin_above_floor = layout.min(jnp.where(support & (v > floor), v, jnp.inf), ids)
-
     finite = jnp.isfinite(p)
-    positive = p > 0
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
-    # Reference: every support element has p (z - zref) <= 0, except zeros when p < 0.
-    ref = jnp.where(p >= 0, vmax, vmin_above_floor)
-    ref = jnp.where(jnp.isfinite(ref) & (ref > floor), ref, 0 if log_input else 1)
-    zref = ref if log_input else jnp.log(ref)
-    extreme = jnp.where(positive, vmax, vmin)  # the mean for p = +-inf
+    is_floor = v == floor
+    hi = layout.coarse_max(jnp.where(support, v, -jnp.inf))
+    lo = -layout.coarse_max(jnp.where(support & ~is_floor, -v, -jnp.inf))  # zeros left out
+    if exact_reference:
+        sign = jnp.where(p >= 0, 1, -1).astype(dtype)
+        ref = sign * layout.max(jnp.where(support & ~(is_floor & (p < 0)), sign * v, -jnp.inf), ids)
+    else:
+        ref = jnp.where(p >= 0, hi, lo)
+    has_ref = jnp.isfinite(ref) & (ref > floor)
+    ref = jnp.where(has_ref, ref, 0 if log_input else 1)
+    zref = to_log(ref)
+    spread = to_log(hi) - to_log(lo)
+    use_log1p = regular & (jnp.abs(p_safe) * jnp.where(spread >= 0, spread, jnp.inf) < 0.567)
 
-    d0 = z - layout.expand(zref, ids)
-    # Clamp so that elements outside the support (weight 0) never overflow; support elements
-    # are <= 0 anyway, and zeros with p < 0 are handled through vmin below.
-    t0 = jnp.minimum(jnp.where(regular, p_safe * d0, 0), 0.5 * math.log(jnp.finfo(dtype).max))
-    at_extreme = (v == layout.expand(extreme, ids)).astype(dtype)
-    e = jnp.where(finite, jnp.exp(t0), at_extreme)
-    em1 = jnp.where(regular, jnp.expm1(t0), 0)
-    # Empty groups get S = 1, U = 0 so that no Inf reaches a derivative (even one masked out).
-    S = jnp.where(nonempty, layout.sum(w * e, ids) / W, 1)
-    U = jnp.where(nonempty, layout.sum(w * em1, ids) / W, 0)
+    # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
+    # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
+    z = to_log(v)
+    zref_e = layout.expand(zref, ids)
+    at_extreme = jnp.where(is_floor & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
+    e, em1 = _element_terms(z, p, zref_e, at_extreme)
+    series = use_log1p | (p == 0)
+    q = jnp.where(layout.expand(series, ids), em1, e)  # em1 = d0 at p = 0
+    # Empty groups get the neutral sum (log S = 0) so that no Inf enters any derivative.
+    Q = jnp.where(nonempty, layout.sum(jnp.where(support, w * q, 0), ids) / W, jnp.where(series, 0, 1))
+    S = jnp.where(p == 0, 1, jnp.where(use_log1p, 1 + Q, Q))
+    U = jnp.where(p == 0, 0, jnp.where(use_log1p, Q, Q - 1))
 
-    # log S, accurate both when S ~ 1 (log1p of a sum of same-sign terms) and when S << 1.
-    log_s = jnp.where(S < 0.5, jnp.log(jnp.where(S > 0, S, 1)), jnp.log1p(U))
-    log_s = jnp.where(S == 0, -jnp.inf, log_s)  # all weight on zeros, p > 0 (NaN stays NaN)
-    offset = jnp.where(p == 0, layout.sum(jnp.where(support, w * d0, 0), ids) / W, log_s / p_safe)
-    offset = jnp.where((p < 0) & (vmin == floor), -jnp.inf, offset)  # a zero with weight, p < 0
-    z_extreme = extreme if log_input else jnp.log(extreme)
-    L = jnp.where(nonempty, jnp.where(finite, zref + offset, z_extreme), EMPTY_LOG_FILL)
-    M = jnp.where(nonempty, jnp.where(finite, ref * jnp.exp(offset), extreme), 0)
+    log_s = jnp.where(use_log1p, jnp.log1p(Q), jnp.log(jnp.where(Q == 0, 1, Q)))
+    log_s = jnp.where((Q == 0) & ~use_log1p, -jnp.inf, log_s)  # all weight on zeros, p > 0
+    offset = jnp.where(p == 0, Q, log_s / p_safe)  # a zero with p < 0 gives Q = inf: -inf
+    # Infinite p: Q = inf (a zero, p = -inf) or Q = 0 (only zeros, p = +inf) mean a mean of 0.
+    offset = jnp.where(finite, offset, jnp.where((Q == jnp.inf) | (Q == 0), -jnp.inf, 0))
+    offset = jnp.where(has_ref | (p > 0), offset, -jnp.inf)  # p < 0 and nothing but zeros
+    L = jnp.where(nonempty, zref + offset, EMPTY_LOG_FILL)
+    M = jnp.where(nonempty, ref * jnp.exp(offset), 0)
+
+    # Only for segments with a per-channel reference: a log(S)-form sum far below the channel's
+    # reference may underflow (and for infinite p the indicator needs the exact extreme).
+    tiny = 2.0 ** (-100 if jnp.finfo(dtype).bits <= 32 else -900)
+    unreliable = nonempty & ((regular & ~use_log1p & (Q < tiny)) | ~finite)
 
     ok = nonempty & (L > -jnp.inf)
     S = jnp.where(ok & (S > 0), S, 1)
-    return _Stats(z, L, M, ok, W, S, U, e, em1, regular, p_safe)
+    group = lambda a: jnp.broadcast_to(a, L.shape)  # noqa: E731  (same shapes in both cond branches)
+    return _Stats(L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable)
+
+
+def _stats(layout, log_input, v, w, p, ids) -> _Stats:
+    """Dense arrays: the coarse reference is exact. Segments: the per-channel reference, unless
+    some segment's sum underflowed or p is infinite; then the per-segment reference
+    (``lax.cond`` runs only one branch, so the common case costs no segment max)."""
+    st = _forward(layout, log_input, v, w, p, ids)
+    if isinstance(layout, _Dense):
+        return st
+    return jax.lax.cond(
+        jnp.any(st.unreliable), lambda: _forward(layout, log_input, v, w, p, ids, exact_reference=True), lambda: st
+    )
 
 
 def _kl_terms(d, t, p_safe, regular, dtype):
@@ -203,6 +269,10 @@ def _kl_terms(d, t, p_safe, regular, dtype):
     return jnp.where(regular, kl_over_p2, 0), jnp.where(regular, kl, 0)
 
 
+def _p_of(by_alpha, exponent):
+    return p_from_alpha(exponent) if by_alpha else exponent
+
+
 def _is_zero(t):
     return t is None or isinstance(t, SymbolicZero)
 
@@ -210,8 +280,7 @@ def _is_zero(t):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _mean(layout, log_input, by_alpha, v, w, exponent, ids):
     """log M (``log_input``) or M of ``v``; ``exponent`` is alpha (``by_alpha``) or p."""
-    p = p_from_alpha(exponent) if by_alpha else exponent
-    st = _forward(layout, log_input, v, w, p, ids)
+    st = _stats(layout, log_input, v, w, _p_of(by_alpha, exponent), ids)
     return st.L if log_input else st.M
 
 
@@ -219,33 +288,40 @@ def _mean(layout, log_input, by_alpha, v, w, exponent, ids):
 def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     v, w, exponent, ids = primals
     dv, dw, dexponent, _ = tangents
-    p = p_from_alpha(exponent) if by_alpha else exponent
-    st = _forward(layout, log_input, v, w, p, ids)
+    p = _p_of(by_alpha, exponent)
+    st = _stats(layout, log_input, v, w, p, ids)
     expand = functools.partial(layout.expand, ids=ids)
     dtype = v.dtype
     finite = jnp.isfinite(p)
+    regular = finite & (p != 0)
+    p_safe = jnp.where(regular, p, 1)
     ok_e = expand(st.ok)
+    z = v if log_input else jnp.log(v)
+    at_extreme = (z == expand(st.zref)).astype(dtype)  # for infinite p (only where ok: no zeros)
+    e, em1 = _element_terms(z, p, expand(st.zref), at_extreme)
+    em1 = jnp.where(expand(st.use_log1p), em1, e - 1)
     out = st.L if log_input else st.M
 
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
-    s = jnp.where(ok_e, w * st.e / expand(st.W * st.S), 0)
+    s = jnp.where(ok_e, w * e / expand(st.W * st.S), 0)
 
     d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
     if not _is_zero(dw):
-        # d L / d w_i = ((x_i / M)^p - 1) / (p W); (x/M)^p = e_i / S. When S >= 1/2 we use
-        # (expm1_i - U) / S instead, which has no cancellation as p -> 0. At p = 0: z_i - L.
+        # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
+        # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
+        # At p = 0 the limit is (z_i - L) / W.
         S_e, U_e, W_e = expand(st.S), expand(st.U), expand(st.W)
-        g_reg = jnp.where(S_e < 0.5, st.e / S_e - 1, (st.em1 - U_e) / S_e) / st.p_safe
-        g_geo = st.z - expand(st.L)
+        g_reg = (em1 - U_e) / S_e / p_safe
+        g_geo = z - expand(st.L)
         g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
         g = jnp.where(ok_e & jnp.isfinite(g), g / W_e, 0)
         d_log = d_log + layout.sum(g * dw, ids)
     if not _is_zero(dexponent):
         # d L / d p = KL(s || wbar) / p^2;  d L / d alpha = (pi / 2) (1 + p^2) KL / p^2.
         L_safe = jnp.where(st.ok, st.L, 0)
-        d = jnp.where(ok_e, st.z - expand(L_safe), 0)
-        t = jnp.where(st.regular, st.p_safe * d, 0)
-        kl_p2, kl = _kl_terms(d, t, st.p_safe, st.regular | (p == 0), dtype)
+        d = jnp.where(ok_e, z - expand(L_safe), 0)
+        t = jnp.where(regular, p_safe * d, 0)
+        kl_p2, kl = _kl_terms(d, t, p_safe, regular | (p == 0), dtype)
         kl_over_p2 = layout.sum(w * kl_p2, ids) / st.W
         kl = layout.sum(w * kl, ids) / st.W
         # p = +-inf: s is wbar restricted to the arg-max (min), KL = -log S, KL / p^2 = 0.
