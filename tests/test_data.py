@@ -1,0 +1,285 @@
+"""gaflax.data: loaders against the known counts, bad and missing files, synthetic data, batching."""
+
+import urllib.error
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gaflax
+from gaflax import data
+from gaflax.data import DatasetError, load
+from gaflax.data import _files
+from gaflax.data.__main__ import main as stats_main
+from tests.conftest import SHARED_DATA
+
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"benchmark files not found at {SHARED_DATA}")
+
+
+def _assert_clean_undirected(graph):
+    s, r = np.asarray(graph.senders), np.asarray(graph.receivers)
+    n = int(graph.n_node[0])
+    assert not np.any(s == r), "self-loops"
+    keys = r.astype(np.int64) * n + s
+    assert len(np.unique(keys)) == len(keys), "duplicate edges"
+    assert set(zip(s.tolist(), r.tolist())) == set(zip(r.tolist(), s.tolist())), "not symmetric"
+
+
+# ---------------------------------------------------------------------------------------------
+# Real files (../shared/data)
+# ---------------------------------------------------------------------------------------------
+@needs_data
+@pytest.mark.parametrize("name, nodes, features, classes, edges, split", [
+    ("cora", 2708, 1433, 7, 10556, (140, 500, 1000)),
+    ("citeseer", 3327, 3703, 6, 9104, (120, 500, 1000)),
+])
+def test_planetoid_counts_and_public_split(name, nodes, features, classes, edges, split):
+    ds = load(name, SHARED_DATA)
+    assert (ds.num_nodes, ds.num_features, ds.num_classes) == (nodes, features, classes)
+    assert int(ds.graph.n_edge[0]) == edges
+    _assert_clean_undirected(ds.graph)
+    train, val, test = ds.split(0)
+    assert (train.sum(), val.sum(), test.sum()) == split
+    assert not (train & val).any() and not (train & test).any() and not (val & test).any()
+    assert ds.split_is_fixed and np.array_equal(ds.split(5)[0], train)
+    assert ds.labels.min() == 0 and ds.labels.max() == classes - 1
+
+
+@needs_data
+def test_planetoid_row_normalisation():
+    ds = load("cora", SHARED_DATA, normalize_features=True)
+    sums = ds.graph.nodes.sum(1)
+    np.testing.assert_allclose(sums[sums > 0], 1, rtol=1e-5)
+
+
+@needs_data
+@pytest.mark.parametrize("name, graphs, classes", [
+    ("MUTAG", 188, 2), ("PROTEINS", 1113, 2), ("ENZYMES", 600, 6), ("NCI1", 4110, 2), ("IMDB-BINARY", 1000, 2),
+])
+def test_tu_counts_labels_and_folds(name, graphs, classes):
+    ds = load(name, SHARED_DATA)
+    assert len(ds) == graphs and ds.num_classes == classes
+    assert set(np.unique(ds.labels)) == set(range(classes))
+    g = ds[0]
+    assert g.n_node.shape == (1,) and g.nodes.shape == (int(g.n_node[0]), ds.num_features)
+    assert g.senders.max() < g.n_node[0]
+    folds = ds.folds(seed=0)
+    assert len(folds) == 10
+    tests = np.concatenate([t for _, _, t in folds])
+    assert np.array_equal(np.sort(tests), np.arange(graphs))  # every graph tested exactly once
+    for train, val, test in folds:
+        assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+        assert len(train) + len(val) + len(test) == graphs
+        # Stratified: each class's share of the test fold is within one graph of its overall share.
+        for c in range(classes):
+            expected = (ds.labels == c).mean() * len(test)
+            assert abs((ds.labels[test] == c).sum() - expected) <= 1.5
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(folds, ds.folds(seed=0)))
+
+
+@needs_data
+def test_tu_features_and_deduplicated_edges():
+    enzymes = load("ENZYMES", SHARED_DATA)
+    assert enzymes.num_features == 18 + 3  # 18 attributes + one-hot of 3 node labels
+    mutag = load("MUTAG", SHARED_DATA)
+    assert mutag.num_edge_features == 4  # one-hot bond types
+    assert mutag[0].edges.shape == (int(mutag[0].n_edge[0]), 4)
+    imdb = load("IMDB-BINARY", SHARED_DATA)
+    for g in imdb.graphs[:50]:
+        keys = np.asarray(g.receivers, np.int64) * int(g.n_node[0]) + g.senders
+        assert len(np.unique(keys)) == len(keys)
+        degree = np.bincount(g.receivers, minlength=int(g.n_node[0]))
+        np.testing.assert_array_equal(g.nodes.argmax(1), degree)  # one-hot degree features
+
+
+@needs_data
+@pytest.mark.parametrize("name, nodes, features, classes", [
+    ("amazon_photo", 7650, 745, 8), ("coauthor_cs", 18333, 6805, 15),
+])
+def test_shchur_counts_and_per_seed_split(name, nodes, features, classes):
+    ds = load(name, SHARED_DATA)
+    assert (ds.num_nodes, ds.num_features, ds.num_classes) == (nodes, features, classes)
+    _assert_clean_undirected(ds.graph)
+    train, val, test = ds.split(0)
+    for c in range(classes):
+        assert train[ds.labels == c].sum() == 20 and val[ds.labels == c].sum() == 30
+    assert test.sum() == nodes - 50 * classes
+    assert not np.array_equal(ds.split(1)[0], train)  # a new split per seed
+    assert np.array_equal(ds.split(0)[0], train)
+
+
+@needs_data
+def test_reddit_anomaly_counts_and_stratified_split():
+    ds = load("reddit_anomaly", SHARED_DATA)
+    assert ds.num_nodes == 10984 and ds.num_features == 64 and ds.labels.sum() == 366
+    np.testing.assert_allclose(ds.class_ratio[1], 366 / 10984)
+    train, val, test = ds.split(3)
+    for mask in (train, val, test):
+        assert abs(ds.labels[mask].mean() - 366 / 10984) < 0.003
+
+
+@needs_data
+def test_stats_cli(capsys):
+    stats_main(["MUTAG", "--root", str(SHARED_DATA)])
+    out = capsys.readouterr().out
+    assert "188" in out and "class balance" in out and "degree" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+def test_unknown_name_is_clear():
+    with pytest.raises(DatasetError, match="unknown dataset 'coraa'.*cora"):
+        load("coraa", "/nonexistent")
+
+
+def test_missing_files_offline_names_expected_files(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(_files.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetError, match=r"(?s)'cora'.*ind\.cora\.x.*kimiyoung/planetoid.*GAFLAX_DATA"):
+        load("cora", tmp_path)
+    with pytest.raises(DatasetError, match=r"(?s)MUTAG\.zip.*graphkerneldatasets"):
+        load("MUTAG", tmp_path)
+    with pytest.raises(DatasetError, match="reddit.npz is missing"):
+        load("reddit_anomaly", tmp_path)
+
+
+def test_download_checks_sha256(tmp_path, monkeypatch):
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"hello")
+    target = tmp_path / "root"
+    paths = _files.ensure_files(target, {"a/b.bin": source.as_uri()}, "demo")
+    assert paths["a/b.bin"].read_bytes() == b"hello"
+    monkeypatch.setitem(_files.KNOWN_SHA256, "a/c.bin", "0" * 64)
+    with pytest.raises(DatasetError, match="sha256 mismatch"):
+        _files.ensure_files(target, {"a/c.bin": source.as_uri()}, "demo")
+    assert not (target / "a/c.bin").exists()
+
+
+def test_default_root_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("GAFLAX_DATA", str(tmp_path))
+    assert data.default_root() == tmp_path
+
+
+def _write_tu(folder, name, files):
+    folder.mkdir(parents=True)
+    for part, text in files.items():
+        (folder / f"{name}_{part}.txt").write_text(text)
+
+
+GOOD_TU = {"A": "1, 2\n2, 1\n3, 4\n4, 3\n", "graph_indicator": "1\n1\n2\n2\n", "graph_labels": "-1\n1\n"}
+
+
+def test_tu_folder_and_label_mapping(tmp_path):
+    _write_tu(tmp_path / "tu" / "TOY", "TOY", GOOD_TU)
+    ds = load("TOY", tmp_path)
+    assert len(ds) == 2 and list(ds.labels) == [0, 1]
+    assert ds.num_features == 2  # one-hot degree 0..1
+
+
+@pytest.mark.parametrize("part, text, message", [
+    ("graph_labels", "1\n", r"graph_indicator.*graph_labels has 1 lines"),
+    ("node_labels", "0\n1\n", r"node_labels: has 2 lines, expected 4"),
+    ("A", "1, 2\n2, x\n", r"TOY_A\.txt, line 2: cannot parse"),
+    ("A", "1, 9\n", r"node ids must lie in 1\.\.4"),
+])
+def test_tu_malformed_files_name_file_and_line(tmp_path, part, text, message):
+    _write_tu(tmp_path / "tu" / "TOY", "TOY", GOOD_TU | {part: text})
+    with pytest.raises(DatasetError, match=message):
+        load("TOY", tmp_path)
+
+
+def test_tu_zip_missing_member(tmp_path):
+    (tmp_path / "tu").mkdir()
+    with zipfile.ZipFile(tmp_path / "tu" / "TOY.zip", "w") as z:
+        z.writestr("TOY/TOY_A.txt", "1, 2\n")
+    with pytest.raises(DatasetError, match="TOY_graph_indicator.txt is missing"):
+        load("TOY", tmp_path)
+
+
+def test_planetoid_corrupt_pickle(tmp_path):
+    folder = tmp_path / "planetoid" / "cora"
+    folder.mkdir(parents=True)
+    for part in data.datasets.PLANETOID_PARTS:
+        (folder / f"ind.cora.{part}").write_bytes(b"not a pickle" if part != "test.index" else b"1\n2\n")
+    with pytest.raises(DatasetError, match=r"cannot read .*ind\.cora\.x"):
+        load("cora", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic aggregator benchmark
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 0.3, 1.0])
+def test_synthetic_node_labels_are_the_true_ga(alpha):
+    ds = load("synthetic", level="node", alpha=alpha, num_nodes=300, seed=1)
+    g = ds.graph
+    expected = gaflax.segment_ga(jnp.asarray(g.nodes[g.senders, 0]), jnp.asarray(g.receivers), ds.num_nodes, alpha=alpha)
+    np.testing.assert_allclose(ds.labels, expected, rtol=2e-5)
+    _assert_clean_undirected(g)
+    assert ds.task == "regression" and ds.fingerprint["generator"]["alpha"] == alpha
+
+
+def test_synthetic_graph_level_and_classification():
+    ds = load("synthetic", level="graph", alpha=0.5, num_graphs=60, seed=2)
+    assert len(ds) == 60
+    np.testing.assert_allclose(ds.labels[3], ds[3].nodes[:, 0].mean(), rtol=1e-5)  # alpha 0.5: arithmetic
+    cls = load("synthetic", level="graph", alpha=0.5, num_graphs=60, task="classification", num_classes=3, seed=2)
+    assert cls.num_classes == 3 and np.bincount(cls.labels).min() >= 19
+    again = load("synthetic", level="graph", alpha=0.5, num_graphs=60, seed=2)
+    assert np.array_equal(again.labels, ds.labels)  # seeded
+
+
+def test_synthetic_bad_parameters():
+    with pytest.raises(ValueError, match=r"alpha must lie in \[-1, 1\]"):
+        load("synthetic", alpha=2.0)
+    with pytest.raises(ValueError, match="level must be"):
+        load("synthetic", level="edge")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------------
+def test_batching_compiles_a_bounded_number_of_times():
+    ds = load("synthetic", level="graph", num_graphs=200, nodes_per_graph=(3, 40), seed=3)
+    budgets = data.budgets_for(ds, batch_size=16)
+    traces = []
+
+    @jax.jit
+    def readout(graph, graph_mask):
+        traces.append(1)  # runs only when jax traces (= compiles) the function
+        graph_ids = jnp.repeat(jnp.arange(graph.n_node.shape[0]), graph.n_node, total_repeat_length=graph.nodes.shape[0])
+        sums = jax.ops.segment_sum(graph.nodes, graph_ids, graph.n_node.shape[0])
+        return jnp.where(graph_mask[:, None], sums, 0).sum()
+
+    seen_shapes = set()
+    for epoch in range(2):
+        for batch in data.iterate_batches(ds, np.arange(len(ds)), 16, budgets, shuffle=True, seed=0, epoch=epoch):
+            readout(batch.graph, batch.graph_mask)
+            seen_shapes.add(batch.graph.nodes.shape)
+            assert batch.graph_mask.sum() <= 16 and not batch.graph_mask[-1]
+            assert batch.node_mask.sum() == batch.graph.n_node[batch.graph_mask].sum()
+    assert len(traces) == len(seen_shapes) <= len(budgets) <= 3
+
+
+def test_batches_are_padded_correctly_and_order_is_seeded():
+    ds = load("synthetic", level="graph", num_graphs=40, seed=4)
+    budgets = data.budgets_for(ds, batch_size=8)
+    order = lambda seed, epoch: np.concatenate([  # noqa: E731
+        b.labels[b.graph_mask] for b in data.iterate_batches(ds, np.arange(40), 8, budgets, shuffle=True, seed=seed, epoch=epoch)])
+    assert np.array_equal(order(0, 0), order(0, 0))
+    assert not np.array_equal(order(0, 0), order(0, 1))
+    assert np.array_equal(np.sort(order(0, 0)), np.sort(ds.labels))
+    first = next(data.iterate_batches(ds, np.arange(8), 8, budgets))
+    assert first.graph.nodes.shape[0] in {b.n_node for b in budgets}
+    np.testing.assert_array_equal(first.labels[:8], ds.labels[:8])
+
+
+def test_stats_cli_unknown_name_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        stats_main(["nope", "--root", "/nonexistent"])
+    assert exit_info.value.code == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
