@@ -1,0 +1,115 @@
+"""Typed run configuration: plain dataclasses, validated before anything is compiled.
+
+Hydra (in ``experiments/``) composes YAML and converts it with ``Config.from_dict``; the library
+never sees a DictConfig, so nothing Hydra-specific can reach a jit static argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gaflax import pooling
+from gaflax.models import ALPHA_SCOPES
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    name: str = "cora"
+    root: str | None = None  # None: $GAFLAX_DATA, else ~/.cache/gaflax
+    normalize_features: bool = True
+    options: dict = dataclasses.field(default_factory=dict)  # e.g. synthetic generator parameters
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "gat"
+    hidden: int = 8
+    heads: int = 8
+    out_heads: int = 1
+    num_layers: int = 2
+    v2: bool = False
+    dropout: float = 0.6
+    attention_dropout: float = 0.6
+    add_self_loops: bool = True
+
+
+@dataclasses.dataclass
+class PoolConfig:
+    name: str = "weighted_sum"
+    alpha: float = 0.5
+    learn: bool = False
+    scope: str = "layer"
+    lr_mult: float = 1.0
+    positive: str = "softplus"
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 0.005
+    weight_decay: float = 5e-4  # L2 on the weights (added to the gradient), as in the GAT paper
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    max_epochs: int = 1000
+    patience: int = 100
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        """Build from nested plain dicts; unknown keys are an error that names them."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in raw.items():
+            if key not in sections:
+                raise ValueError(f"config: unknown key {key!r}; expected one of {sorted(sections)}")
+            section_cls = {"dataset": DatasetConfig, "model": ModelConfig, "pool": PoolConfig,
+                           "optimizer": OptimizerConfig, "trainer": TrainerConfig}.get(key)
+            if section_cls is None:
+                kwargs[key] = value
+                continue
+            names = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = sorted(set(value or {}) - names)
+            if unknown:
+                raise ValueError(f"config: unknown key(s) {unknown} in {key!r}; expected some of {sorted(names)}")
+            kwargs[key] = section_cls(**(value or {}))
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self):
+        def check(ok, message):
+            if not ok:
+                raise ValueError(f"config: {message}")
+
+        p, m, o, t = self.pool, self.model, self.optimizer, self.trainer
+        check(p.name in pooling.AGGREGATORS, f"pool.name={p.name!r} is not one of {sorted(pooling.AGGREGATORS)}")
+        check(-1 <= p.alpha <= 1, f"pool.alpha={p.alpha} must lie in [-1, 1]")
+        check(p.scope in ALPHA_SCOPES, f"pool.scope={p.scope!r} must be one of {ALPHA_SCOPES}")
+        check(p.lr_mult > 0, f"pool.lr_mult={p.lr_mult} must be positive")
+        check(p.positive in pooling.POSITIVE, f"pool.positive={p.positive!r} must be one of {sorted(pooling.POSITIVE)}")
+        check(m.name == "gat", f"model.name={m.name!r}: only 'gat' exists so far")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(m, name)
+            check(0 <= value < 1, f"model.{name}={value} must lie in [0, 1)")
+        for name in ("hidden", "heads", "out_heads", "num_layers"):
+            check(getattr(m, name) >= 1, f"model.{name}={getattr(m, name)} must be >= 1")
+        check(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
+        check(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+        check(t.max_epochs >= 1 and t.patience >= 1, "trainer.max_epochs and trainer.patience must be >= 1")
+        check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r} must be a non-negative int")

@@ -1,0 +1,183 @@
+"""Graph Attention Networks (flax linen, jraph) with a pluggable aggregation operator.
+
+``GATLayer`` follows Velickovic et al. (2018): a shared linear projection, multi-head additive
+attention with LeakyReLU(0.2), attention normalised per receiver with a segment softmax, dropout
+on the inputs and on the attention coefficients, and concatenated or averaged heads. ``v2=True``
+gives GATv2 (Brody et al. 2022): the nonlinearity comes before the attention vector.
+
+The aggregation is chosen by name from ``gaflax.pooling``; ``weighted_sum`` is the standard GAT.
+The GA exponent is fixed, or learned per ``layer``, ``head`` or ``channel`` through
+``alpha = tanh(lr_mult * theta)``: bounded in (-1, 1) by construction, and ``lr_mult`` scales how
+fast Adam moves it (Adam's step in ``theta`` is about the learning rate, whatever the gradient's
+size, so the reparameterisation is an effective per-parameter learning-rate multiplier).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaflax import pooling
+from gaflax.compat import jraph
+
+ALPHA_SCOPES = ("layer", "head", "channel")
+
+
+class Exponent(nn.Module):
+    """The GA exponent alpha, of shape [] (layer), [H, 1] (head) or [H, C] (channel)."""
+
+    init_alpha: float = 0.5
+    learn: bool = False
+    level: str = "layer"  # ("scope" is taken by linen)
+    lr_mult: float = 1.0
+
+    @nn.compact
+    def __call__(self, heads: int, channels: int):
+        shape = {"layer": (), "head": (heads, 1), "channel": (heads, channels)}[self.level]
+        if not self.learn:
+            return jnp.full(shape, self.init_alpha, jnp.float32)
+        # Start strictly inside (-1, 1) so that theta is finite.
+        start = float(np.arctanh(np.clip(self.init_alpha, -0.999, 0.999))) / self.lr_mult
+        theta = self.param("alpha_theta", nn.initializers.constant(start), shape, jnp.float32)
+        return jnp.tanh(self.lr_mult * theta)
+
+
+class GATLayer(nn.Module):
+    """One GAT / GATv2 layer on a jraph.GraphsTuple (``nodes`` [N, F]) -> new node features.
+
+    Self-loops are expected to be in the graph already (``add_self_loops``).
+    """
+
+    features: int
+    heads: int = 8
+    concat: bool = True
+    v2: bool = False
+    aggregator: str = "weighted_sum"
+    positive: str = "softplus"
+    alpha: float = 0.5
+    learn_alpha: bool = False
+    alpha_scope: str = "layer"
+    alpha_lr_mult: float = 1.0
+    dropout: float = 0.6
+    attention_dropout: float = 0.6
+    negative_slope: float = 0.2
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool) -> jnp.ndarray:
+        x = nn.Dropout(self.dropout)(graph.nodes, deterministic=deterministic)
+        n = x.shape[0]
+        H, C = self.heads, self.features
+        glorot = nn.initializers.glorot_uniform()
+        senders, receivers = graph.senders, graph.receivers
+        if self.v2:
+            h_src = nn.Dense(H * C, kernel_init=glorot, name="proj_src")(x).reshape(n, H, C)
+            h_dst = nn.Dense(H * C, kernel_init=glorot, name="proj_dst")(x).reshape(n, H, C)
+            att = self.param("att", glorot, (1, H, C))
+            z = nn.leaky_relu(h_src[senders] + h_dst[receivers], self.negative_slope)
+            logits = jnp.sum(z * att, axis=-1)  # [E, H]
+            messages = h_src[senders]
+        else:
+            h = nn.Dense(H * C, use_bias=False, kernel_init=glorot, name="proj")(x).reshape(n, H, C)
+            att_src = self.param("att_src", glorot, (1, H, C))
+            att_dst = self.param("att_dst", glorot, (1, H, C))
+            score_src = jnp.sum(h * att_src, axis=-1)  # [N, H]
+            score_dst = jnp.sum(h * att_dst, axis=-1)
+            logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
+            messages = h[senders]
+        attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
+        attention = nn.Dropout(self.attention_dropout)(attention, deterministic=deterministic)
+
+        alpha = None
+        if self.aggregator in pooling.USES_ALPHA:
+            alpha = Exponent(init_alpha=self.alpha, learn=self.learn_alpha, level=self.alpha_scope,
+                             lr_mult=self.alpha_lr_mult, name="exponent")(H, C)
+            self.sow("intermediates", "alpha", alpha)
+        out = pooling.get(self.aggregator)(messages, receivers, n, weights=attention, alpha=alpha,
+                                           positive=self.positive)  # [N, H, C]
+        out = out.reshape(n, H * C) if self.concat else out.mean(axis=1)
+        bias = self.param("bias", nn.initializers.zeros, (out.shape[-1],))
+        return out + bias[None]
+
+
+def add_self_loops(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """Append one self-loop per node (the GAT paper's attention includes the node itself)."""
+    n = graph.nodes.shape[0]
+    loops = jnp.arange(n, dtype=graph.senders.dtype)
+    return graph._replace(
+        senders=jnp.concatenate([graph.senders, loops]),
+        receivers=jnp.concatenate([graph.receivers, loops]),
+        edges=None,
+        n_edge=graph.n_edge + graph.n_node,
+    )
+
+
+class GAT(nn.Module):
+    """A GAT node classifier: hidden GAT layers (concat heads, ELU), then an output layer with
+    ``out_heads`` averaged heads producing ``num_classes`` logits per node (Velickovic et al.)."""
+
+    num_classes: int
+    hidden: int = 8
+    heads: int = 8
+    out_heads: int = 1
+    num_layers: int = 2
+    layer: dict = None  # keyword arguments shared by every GATLayer (aggregator, dropout, ...)
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jnp.ndarray:
+        kw = dict(self.layer or {})
+        for i in range(self.num_layers - 1):
+            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(graph, deterministic=deterministic)
+            graph = graph._replace(nodes=nn.elu(nodes))
+        return GATLayer(self.num_classes, self.out_heads, concat=False, name=f"gat_{self.num_layers - 1}", **kw)(
+            graph, deterministic=deterministic)
+
+
+class GraphGAT(nn.Module):
+    """Graph classifier: GAT layers, a readout from the pooling registry, then an MLP.
+
+    Works on padded batches: ``node_graph`` maps nodes to graphs, padding graphs are masked later.
+    """
+
+    num_classes: int
+    hidden: int = 32
+    heads: int = 4
+    num_layers: int = 3
+    readout: str = "sum"
+    readout_alpha: float = 0.5
+    learn_readout_alpha: bool = True
+    mlp: Sequence[int] = (64,)
+    layer: dict = None
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jnp.ndarray:
+        kw = dict(self.layer or {})
+        n_graph = graph.n_node.shape[0]
+        node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=graph.nodes.shape[0])
+        for i in range(self.num_layers):
+            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(graph, deterministic=deterministic)
+            graph = graph._replace(nodes=nn.elu(nodes))
+        alpha = None
+        if self.readout in pooling.USES_ALPHA:
+            alpha = Exponent(init_alpha=self.readout_alpha, learn=self.learn_readout_alpha, level="channel",
+                             name="readout_exponent")(
+                1, graph.nodes.shape[-1])[0]
+            self.sow("intermediates", "alpha", alpha)
+        pooled = pooling.get(self.readout)(graph.nodes, node_graph, n_graph, alpha=alpha)
+        for width in self.mlp:
+            pooled = nn.elu(nn.Dense(width)(pooled))
+            pooled = nn.Dropout(kw.get("dropout", 0.0))(pooled, deterministic=deterministic)
+        return nn.Dense(self.num_classes)(pooled)
+
+
+def alphas_from_intermediates(intermediates) -> dict:
+    """{'layer/path': alpha as a nested list} for every exponent a model ``sow``ed during apply."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        if "alpha" in keys:
+            out["/".join(k for k in keys if k not in ("alpha", "0"))] = np.asarray(leaf).tolist()
+    return out

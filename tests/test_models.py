@@ -1,0 +1,159 @@
+"""GAT layer, pooling registry and the training loop."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaflax import pooling
+from gaflax.compat import jraph
+from gaflax.config import Config
+from gaflax.models import GAT, GATLayer, GraphGAT, add_self_loops
+from gaflax.train import make_steps, train_and_evaluate, _optimizer
+
+
+def small_graph(key, n=12, f=5):
+    rng = np.random.default_rng(0)
+    senders = rng.integers(0, n, 40)
+    receivers = rng.integers(0, n, 40)
+    nodes = jax.random.normal(key, (n, f))
+    graph = jraph.GraphsTuple(nodes=nodes, edges=None, senders=jnp.asarray(senders, jnp.int32),
+                              receivers=jnp.asarray(receivers, jnp.int32), n_node=jnp.array([n]),
+                              n_edge=jnp.array([40]), globals=None)
+    return add_self_loops(graph)
+
+
+def layer_out(layer, graph, key):
+    params = layer.init(key, graph, deterministic=True)
+    return layer.apply(params, graph, deterministic=True), params
+
+
+@pytest.mark.parametrize("v2", [False, True])
+@pytest.mark.parametrize("aggregator", sorted(pooling.AGGREGATORS))
+def test_layer_shapes_and_finite(key, v2, aggregator):
+    graph = small_graph(key)
+    out, _ = layer_out(GATLayer(4, heads=3, v2=v2, aggregator=aggregator, learn_alpha=True, alpha_scope="channel"), graph, key)
+    assert out.shape == (12, 12) and jnp.all(jnp.isfinite(out))
+    out, _ = layer_out(GATLayer(4, heads=3, concat=False, v2=v2, aggregator=aggregator), graph, key)
+    assert out.shape == (12, 4)
+
+
+def test_ga_at_alpha_half_equals_weighted_sum_on_positive_messages(key):
+    """With relu + eps messages... any positive messages: GA at p = 1 is the attention-weighted mean."""
+    graph = small_graph(key)
+    graph = graph._replace(nodes=jnp.abs(graph.nodes) + 0.1)
+    messages = jnp.abs(jax.random.normal(key, (graph.senders.shape[0], 2, 3))) + 0.1
+    logits = jax.random.normal(jax.random.fold_in(key, 1), (graph.senders.shape[0], 2))
+    att = jraph.segment_softmax(logits, graph.receivers, 12)
+    ws = pooling.weighted_sum(messages, graph.receivers, 12, weights=att)
+    ga = pooling.get("ga")(jnp.log(jnp.expm1(messages)), graph.receivers, 12, weights=att, alpha=0.5)  # softplus^-1
+    np.testing.assert_allclose(ga, ws, rtol=2e-5, atol=1e-6)
+
+
+def test_permutation_invariance(key):
+    graph = small_graph(key)
+    layer = GATLayer(4, heads=2, aggregator="ga", alpha=0.2)
+    out, params = layer_out(layer, graph, key)
+    perm = np.random.default_rng(1).permutation(graph.senders.shape[0])
+    shuffled = graph._replace(senders=graph.senders[perm], receivers=graph.receivers[perm])
+    np.testing.assert_allclose(layer.apply(params, shuffled, deterministic=True), out, rtol=1e-5, atol=1e-6)
+    # Relabelling the nodes permutes the output rows.
+    node_perm = np.random.default_rng(2).permutation(12)
+    inverse = np.argsort(node_perm)
+    relabelled = graph._replace(nodes=graph.nodes[node_perm], senders=jnp.asarray(inverse)[graph.senders],
+                                receivers=jnp.asarray(inverse)[graph.receivers])
+    np.testing.assert_allclose(layer.apply(params, relabelled, deterministic=True), out[node_perm], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 1.0])
+@pytest.mark.parametrize("aggregator", ["ga", "log_ga"])
+def test_finite_gradients_at_alpha_limits(key, alpha, aggregator):
+    graph = small_graph(key)
+    layer = GATLayer(4, heads=2, aggregator=aggregator, alpha=alpha, learn_alpha=False)
+    params = layer.init(key, graph, deterministic=True)
+    grads = jax.grad(lambda p, x: jnp.sum(layer.apply(p, graph._replace(nodes=x), deterministic=True) ** 2),
+                     argnums=(0, 1))(params, graph.nodes)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    # Learned alpha initialised next to the limit also gets a finite gradient.
+    learned = GATLayer(4, heads=2, aggregator=aggregator, alpha=alpha, learn_alpha=True)
+    p2 = learned.init(key, graph, deterministic=True)
+    g2 = jax.grad(lambda p: jnp.sum(learned.apply(p, graph, deterministic=True) ** 2))(p2)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g2))
+
+
+def test_graph_classifier_on_padded_batch(key):
+    from gaflax import data
+
+    ds = data.load("synthetic", level="graph", num_graphs=10, seed=0, task="classification")
+    budgets = data.budgets_for(ds, 4)
+    batch = next(data.iterate_batches(ds, np.arange(10), 4, budgets))
+    graph = add_self_loops(jax.tree.map(jnp.asarray, batch.graph))
+    for readout in ("sum", "mean", "max", "ga"):
+        model = GraphGAT(num_classes=2, hidden=4, heads=2, num_layers=2, readout=readout)
+        params = model.init(key, graph)
+        logits = model.apply(params, graph)
+        assert logits.shape == (batch.graph.n_node.shape[0], 2) and jnp.all(jnp.isfinite(logits))
+
+
+def synthetic_config(**overrides):
+    raw = {"dataset": {"name": "synthetic", "options": {"level": "node", "num_nodes": 200, "task": "classification",
+                                                        "num_classes": 3, "seed": 0}},
+           "model": {"hidden": 4, "heads": 2}, "trainer": {"max_epochs": 12, "patience": 5, "progress": False}}
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return Config.from_dict(raw)
+
+
+def test_train_step_does_not_recompile(key):
+    cfg = synthetic_config(pool={"name": "ga", "learn": True})
+    from gaflax import data
+
+    ds = data.load("synthetic", **cfg.dataset.options)
+    graph = add_self_loops(jax.tree.map(jnp.asarray, ds.graph))
+    model = GAT(num_classes=3, hidden=4, heads=2, layer=dict(aggregator="ga", learn_alpha=True))
+    params = model.init(key, graph)["params"]
+    tx = _optimizer(cfg, params)
+    opt_state = tx.init(params)
+    traces = []
+    train_step, _ = make_steps(model, tx)
+
+    def counted(*args):
+        traces.append(1)
+        return train_step(*args)
+
+    step = jax.jit(counted)
+    mask = jnp.asarray(ds.split(0)[0])
+    labels = jnp.asarray(ds.labels)
+    for epoch in range(5):
+        params, opt_state, loss = step(params, opt_state, graph, labels, mask, jax.random.fold_in(key, epoch))
+        assert jnp.isfinite(loss)
+    assert len(traces) == 1
+
+
+def test_train_and_evaluate_writes_run_directory(tmp_path):
+    results = train_and_evaluate(synthetic_config(pool={"name": "ga", "learn": True, "scope": "head"}), tmp_path)
+    for name in ("config.json", "versions.json", "metrics.jsonl", "results.json"):
+        assert (tmp_path / name).exists()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == results["epochs"] and "alphas" in lines[0] and "val/accuracy" in lines[0]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("test/accuracy", "val/accuracy", "best_epoch", "alphas", "seconds_per_epoch", "compile_seconds", "device"):
+        assert key in saved
+    assert set(saved["alphas"]) == {"gat_0", "gat_1"}
+    # Reproducible from the seed.
+    again = train_and_evaluate(synthetic_config(pool={"name": "ga", "learn": True, "scope": "head"}), tmp_path / "again")
+    assert again["test/accuracy"] == results["test/accuracy"] and again["alphas"] == results["alphas"]
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("pool", {"name": "median"}, "pool.name='median'"),
+    ("pool", {"alpha": 1.5}, r"pool.alpha=1.5 must lie in \[-1, 1\]"),
+    ("model", {"dropout": -0.1}, r"model.dropout=-0.1 must lie in \[0, 1\)"),
+    ("pool", {"scope": "edge"}, "pool.scope='edge'"),
+    ("optimizer", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\] in 'optimizer'"),
+])
+def test_bad_config_values_fail_before_compiling(section, values, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic_config(**{section: values})
