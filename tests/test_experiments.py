@@ -1,0 +1,74 @@
+"""The Hydra entry point, end to end, and the W&B writer's failure handling."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from experiments.loggers import WandbWriter
+from experiments.train import _accept_plus_pool
+from gaflax.config import Config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_train(*overrides, tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={tmp_path}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_plus_pool_ga_debug_fast(tmp_path):
+    proc = run_train("+pool=ga", "debug=fast", "pool.learn=true", "seed=3", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "synthetic / ga" in proc.stdout and "alphas" in proc.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["seed"] == 3 and config["pool"]["learn"] is True
+    assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "versions.json").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == results["epochs"]
+
+
+def test_train_with_wandb_logger_disabled(tmp_path):
+    proc = run_train("debug=fast", "logger=wandb", "logger.mode=disabled", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pool.alpha=1.5", r"pool.alpha=1.5 must lie in [-1, 1]"),
+    ("model.dropout=-0.2", "model.dropout=-0.2 must lie in [0, 1)"),
+    ("pool=median", "Could not find 'pool/median'"),
+])
+def test_bad_values_fail_clearly_before_compiling(tmp_path, override, message):
+    proc = run_train("debug=fast", override, tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_plus_pool_is_the_same_as_pool():
+    assert _accept_plus_pool(["x", "+pool=ga", "pool.alpha=0.2", "+other=1"]) == ["x", "pool=ga", "pool.alpha=0.2", "+other=1"]
+
+
+def test_wandb_failure_never_kills_training(tmp_path):
+    writer = WandbWriter({"mode": "disabled"}, Config(), tmp_path)
+
+    class Broken:
+        def log(self, *args, **kwargs):
+            raise RuntimeError("wandb exploded")
+
+        def finish(self):
+            raise RuntimeError("also broken")
+
+    writer.run = Broken()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer.log(0, {"train/loss": 1.0, "alphas": {"gat_0": [[0.1], [0.2]]}})
+        writer.log(1, {"train/loss": 0.5})  # no longer tries
+        writer.close()
+    assert any("wandb log failed" in str(w.message) for w in caught)
+    assert writer.run is None
