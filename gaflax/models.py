@@ -46,6 +46,38 @@ class Exponent(nn.Module):
         return jnp.tanh(self.lr_mult * theta)
 
 
+def _fmix32(h):
+    """murmur3's 32-bit finalizer: a bijective, well-mixing hash of uint32 values."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask is a counter-based hash of the element index and two random
+    words drawn from the ``dropout`` rng (a new pair per call).
+
+    ``jax.random.bernoulli`` draws a full PRNG output per element; on CPU that made the input
+    dropout of a Cora GAT (2708 x 1433 features) cost ~50 ms per step against ~3 ms for the
+    projection. The hash costs a few integer operations per element (~1 ms there), is
+    deterministic given the rng, and keeps each element with probability ``1 - rate`` up to
+    2^-32 (the same idea as counter-based generators such as Philox, with fewer rounds).
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+        if deterministic or self.rate == 0:
+            return x
+        seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+        keep = _fmix32(_fmix32(index ^ seed[0]) + seed[1]) < jnp.uint32(min(int((1 - self.rate) * 2**32), 2**32 - 1))
+        return jnp.where(keep, x / (1 - self.rate), 0)
+
+
 class GATLayer(nn.Module):
     """One GAT / GATv2 layer on a jraph.GraphsTuple (``nodes`` [N, F]) -> new node features.
 
@@ -68,7 +100,7 @@ class GATLayer(nn.Module):
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool) -> jnp.ndarray:
-        x = nn.Dropout(self.dropout)(graph.nodes, deterministic=deterministic)
+        x = Dropout(self.dropout)(graph.nodes, deterministic=deterministic)
         n = x.shape[0]
         H, C = self.heads, self.features
         glorot = nn.initializers.glorot_uniform()
@@ -89,7 +121,7 @@ class GATLayer(nn.Module):
             logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
             messages = h[senders]
         attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
-        attention = nn.Dropout(self.attention_dropout)(attention, deterministic=deterministic)
+        attention = Dropout(self.attention_dropout)(attention, deterministic=deterministic)
 
         alpha = None
         if self.aggregator in pooling.USES_ALPHA:
@@ -169,7 +201,7 @@ class GraphGAT(nn.Module):
         pooled = pooling.get(self.readout)(graph.nodes, node_graph, n_graph, alpha=alpha)
         for width in self.mlp:
             pooled = nn.elu(nn.Dense(width)(pooled))
-            pooled = nn.Dropout(kw.get("dropout", 0.0))(pooled, deterministic=deterministic)
+            pooled = Dropout(kw.get("dropout", 0.0))(pooled, deterministic=deterministic)
         return nn.Dense(self.num_classes)(pooled)
 
 

@@ -157,3 +157,21 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
 def test_bad_config_values_fail_before_compiling(section, values, message):
     with pytest.raises(ValueError, match=message):
         synthetic_config(**{section: values})
+
+
+def test_hash_dropout_rate_scaling_and_determinism(key):
+    from gaflax.models import Dropout
+
+    x = jnp.ones((300, 500))
+    layer = Dropout(0.6)
+    out = layer.apply({}, x, deterministic=False, rngs={"dropout": key})
+    kept = out > 0
+    assert abs(float(kept.mean()) - 0.4) < 0.005
+    np.testing.assert_allclose(out[kept], 1 / 0.4, rtol=1e-6)
+    again = layer.apply({}, x, deterministic=False, rngs={"dropout": key})
+    other = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.fold_in(key, 1)})
+    assert jnp.array_equal(out, again) and not jnp.array_equal(out, other)
+    # Rows and columns are not correlated: per-row keep rates look binomial.
+    row_rates = kept.mean(axis=1)
+    assert float(row_rates.std()) < 3 * (0.4 * 0.6 / 500) ** 0.5
+    assert jnp.array_equal(layer.apply({}, x, deterministic=True), x)
