@@ -32,6 +32,8 @@ class ModelConfig:
     dropout: float = 0.6
     attention_dropout: float = 0.6
     add_self_loops: bool = True
+    readout: str = "sum"  # graph classification: a name from gaflax.pooling (sum, mean, max, ga, ...)
+    mlp: tuple = (64,)  # graph classification: hidden widths after the readout
 
 
 @dataclasses.dataclass
@@ -55,6 +57,8 @@ class TrainerConfig:
     max_epochs: int = 1000
     patience: int = 100
     progress: bool = True
+    batch_size: int = 32  # graph classification
+    fold: int = 0  # graph classification: which of the 10 outer folds is the test set
 
 
 @dataclasses.dataclass
@@ -104,6 +108,9 @@ class Config:
         check(p.lr_mult > 0, f"pool.lr_mult={p.lr_mult} must be positive")
         check(p.positive in pooling.POSITIVE, f"pool.positive={p.positive!r} must be one of {sorted(pooling.POSITIVE)}")
         check(m.name == "gat", f"model.name={m.name!r}: only 'gat' exists so far")
+        check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
+        check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
+        check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
         for name in ("dropout", "attention_dropout"):
             value = getattr(m, name)
             check(0 <= value < 1, f"model.{name}={value} must lie in [0, 1)")

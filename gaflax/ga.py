@@ -303,7 +303,8 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     out = st.L if log_input else st.M
 
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
-    s = jnp.where(ok_e, w * e / expand(st.W * st.S), 0)
+    # (w > 0: an element outside the support may have e = inf, and 0 * inf is NaN.)
+    s = jnp.where(ok_e & (w > 0), w * e / expand(st.W * st.S), 0)
 
     d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
     if not _is_zero(dw):

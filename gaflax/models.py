@@ -197,7 +197,7 @@ class GraphGAT(nn.Module):
             alpha = Exponent(init_alpha=self.readout_alpha, learn=self.learn_readout_alpha, level="channel",
                              name="readout_exponent")(
                 1, graph.nodes.shape[-1])[0]
-            self.sow("intermediates", "alpha", alpha)
+            self.sow("intermediates", "readout_alpha", alpha)
         pooled = pooling.get(self.readout)(graph.nodes, node_graph, n_graph, alpha=alpha)
         for width in self.mlp:
             pooled = nn.elu(nn.Dense(width)(pooled))
@@ -206,10 +206,12 @@ class GraphGAT(nn.Module):
 
 
 def alphas_from_intermediates(intermediates) -> dict:
-    """{'layer/path': alpha as a nested list} for every exponent a model ``sow``ed during apply."""
+    """{'gat_0': alpha, 'readout_alpha': alpha, ...} (nested lists) for every exponent a model
+    ``sow``ed during apply: layer exponents are named by their layer."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
         keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        if "alpha" in keys:
-            out["/".join(k for k in keys if k not in ("alpha", "0"))] = np.asarray(leaf).tolist()
+        keys = [k for k in keys if not k.isdigit()]  # sow stores a tuple of values
+        if keys and keys[-1].endswith("alpha"):
+            out["/".join(keys[:-1] if keys[-1] == "alpha" else keys)] = np.asarray(leaf).tolist()
     return out

@@ -17,11 +17,28 @@ import jax.numpy as jnp
 
 from gaflax.ga import p_from_alpha, segment_ga, segment_log_ga
 
-#: Transforms that make messages positive for ``ga`` (softplus, relu + eps, elu + 1).
+#: Transforms that make messages positive for ``ga``, each with the map back to the message domain
+#: applied to the pooled value, so that GA is a generalized mean of the messages themselves:
+#: ``inverse(GA(forward(m)))``. Without the map back, softplus adds an offset of log 2 that swamps
+#: the small signals of early training (a Cora GAT then stalls near chance for hundreds of epochs).
+#: For positive messages, relu_eps and elu1 at alpha = 0.5 reproduce weighted_sum exactly.
+_TINY = 1e-30
+
+
+def _softplus_inverse(y):
+    y = jnp.maximum(y, _TINY)
+    return y + jnp.log(-jnp.expm1(-y))  # log(exp(y) - 1), stable for small and large y
+
+
+def _elu1_inverse(y):
+    y = jnp.maximum(y, _TINY)
+    return jnp.where(y >= 1, y - 1, jnp.log(y))
+
+
 POSITIVE = {
-    "softplus": jax.nn.softplus,
-    "relu_eps": lambda m: jax.nn.relu(m) + 1e-6,
-    "elu1": lambda m: jax.nn.elu(m) + 1.0,
+    "softplus": (jax.nn.softplus, _softplus_inverse),
+    "relu_eps": (lambda m: jax.nn.relu(m) + 1e-6, lambda y: y - 1e-6),
+    "elu1": (lambda m: jax.nn.elu(m) + 1.0, _elu1_inverse),
 }
 
 
@@ -60,8 +77,10 @@ def minimum(messages, segment_ids, num_segments, weights=None, alpha=None, posit
 
 
 def ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
-    """Attention-weighted power mean of positive-transformed messages (``positive``)."""
-    return segment_ga(POSITIVE[positive](messages), segment_ids, num_segments, alpha=alpha, weights=weights)
+    """Attention-weighted power mean of the messages, taken through a positive transform:
+    ``inverse(segment_ga(forward(messages)))`` with (forward, inverse) = ``POSITIVE[positive]``."""
+    forward, inverse = POSITIVE[positive]
+    return inverse(segment_ga(forward(messages), segment_ids, num_segments, alpha=alpha, weights=weights))
 
 
 def log_ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):

@@ -1,7 +1,8 @@
 """Training and evaluation (library code: no Hydra, no W&B).
 
-``train_and_evaluate(config, out_dir, writers)`` trains a GAT node classifier full-batch with Adam
-and L2 weight decay, stops early on validation (patience, as in the GAT paper: stop when neither
+``train_and_evaluate(config, out_dir, writers)`` trains a GAT node classifier full-batch (or a
+GraphGAT graph classifier on padded mini-batches, one of 10 stratified folds) with Adam and L2
+weight decay, stops early on validation (patience, as in the GAT paper: stop when neither
 the validation loss nor the validation accuracy improved for ``patience`` epochs), evaluates the
 test set once, with the parameters of the best validation epoch, and writes the run directory:
 
@@ -31,14 +32,14 @@ import gaflax
 from gaflax import data as gdata
 from gaflax import metrics
 from gaflax.config import Config
-from gaflax.models import GAT, add_self_loops, alphas_from_intermediates
+from gaflax.models import GAT, GraphGAT, add_self_loops, alphas_from_intermediates
 
 
 class JsonlWriter:
-    """Appends one JSON object per ``log`` call to ``metrics.jsonl``."""
+    """Writes one JSON object per ``log`` call to ``metrics.jsonl`` (a new file per run)."""
 
     def __init__(self, path):
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "w", buffering=1)
 
     def log(self, step: int, values: dict):
         self.file.write(json.dumps({"epoch": step, **values}) + "\n")
@@ -98,6 +99,117 @@ def make_steps(model, tx):
     return train_step, eval_step
 
 
+class _NodeTask:
+    """Full-batch node classification: one graph, fixed shapes, AOT-compiled steps."""
+
+    def __init__(self, config: Config, ds, key_init, key_dropout):
+        self.ds, self.key_dropout = ds, key_dropout
+        self.masks_np = ds.split(config.seed)
+        self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
+        graph = jax.tree.map(jnp.asarray, ds.graph)
+        self.graph = add_self_loops(graph) if config.model.add_self_loops else graph
+        self.labels = jnp.asarray(ds.labels)
+        model = _model(config, ds.num_classes)
+        self.params = model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
+        tx = _optimizer(config, self.params)
+        self.opt_state = tx.init(self.params)
+        train_step, eval_step = make_steps(model, tx)
+        start = time.perf_counter()
+        self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.graph, self.labels,
+                                                    self.masks[0], key_dropout).compile()
+        self.eval_step = jax.jit(eval_step).lower(self.params, self.graph, self.labels, self.masks).compile()
+        self.compile_seconds = time.perf_counter() - start
+
+    def train_epoch(self, epoch):
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
+                                                            self.masks[0], jax.random.fold_in(self.key_dropout, epoch))
+        return float(loss)
+
+    def predict(self, params):
+        """{split: (labels, class probabilities, mean loss)} and the alphas, for train / val / test."""
+        logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
+        probs = np.asarray(jax.nn.softmax(logits, -1))
+        out = {split: (self.ds.labels[m], probs[m], float(loss))
+               for split, m, loss in zip(("train", "val", "test"), self.masks_np, np.asarray(losses))}
+        return out, alphas_from_intermediates(intermediates)
+
+
+class _GraphTask:
+    """Graph classification on padded mini-batches (at most three shapes, so three compiles)."""
+
+    def __init__(self, config: Config, ds, key_init, key_dropout):
+        self.ds, self.key_dropout, self.seed = ds, key_dropout, config.seed
+        self.batch_size = config.trainer.batch_size
+        self.indices = dict(zip(("train", "val", "test"), ds.folds(seed=config.seed)[config.trainer.fold]))
+        self.budgets = gdata.budgets_for(ds, self.batch_size)
+        m, p = config.model, config.pool
+        layer = dict(v2=m.v2, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
+                     alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout,
+                     attention_dropout=m.attention_dropout)
+        self.model = GraphGAT(num_classes=ds.num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
+                              readout=m.readout, mlp=tuple(m.mlp), layer=layer)
+        self.add_loops = m.add_self_loops
+        first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
+                                                         self.batch_size, self.budgets)))
+        self.params = self.model.init({"params": key_init, "dropout": key_dropout}, first[0], deterministic=True)["params"]
+        tx = _optimizer(config, self.params)
+        self.opt_state = tx.init(self.params)
+        model = self.model
+
+        def loss_fn(params, graph, labels, graph_mask, key, deterministic):
+            logits, state = model.apply({"params": params}, graph, deterministic=deterministic,
+                                        rngs={"dropout": key}, mutable=["intermediates"])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            loss = jnp.sum(jnp.where(graph_mask, ce, 0)) / jnp.maximum(graph_mask.sum(), 1)
+            return loss, (logits, state.get("intermediates", {}))
+
+        def train_step(params, opt_state, graph, labels, graph_mask, key):
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graph, labels, graph_mask, key, False)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        def eval_step(params, graph, labels, graph_mask):
+            _, (logits, intermediates) = loss_fn(params, graph, labels, graph_mask, jax.random.key(0), True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return jax.nn.softmax(logits, -1), jnp.where(graph_mask, ce, 0), intermediates
+
+        self.train_step, self.eval_step = jax.jit(train_step), jax.jit(eval_step)
+        start = time.perf_counter()
+        jax.block_until_ready(self.eval_step(self.params, *first))
+        self.compile_seconds = time.perf_counter() - start  # one shape; others compile on first use
+
+    def _device(self, batch):
+        graph = jax.tree.map(jnp.asarray, batch.graph)
+        graph = add_self_loops(graph) if self.add_loops else graph
+        return graph, jnp.asarray(batch.labels), jnp.asarray(batch.graph_mask)
+
+    def _batches(self, split, epoch=0):
+        yield from gdata.iterate_batches(self.ds, self.indices[split], self.batch_size, self.budgets,
+                                         shuffle=split == "train", seed=self.seed, epoch=epoch)
+
+    def train_epoch(self, epoch):
+        losses = []
+        for i, batch in enumerate(self._batches("train", epoch)):
+            key = jax.random.fold_in(jax.random.fold_in(self.key_dropout, epoch), i)
+            self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, *self._device(batch), key)
+            losses.append(float(loss))
+        return float(np.mean(losses))
+
+    def predict(self, params):
+        out, alphas = {}, {}
+        for split in ("train", "val", "test"):
+            labels, probs, losses = [], [], []
+            for batch in self._batches(split):
+                p, ce, intermediates = self.eval_step(params, *self._device(batch))
+                keep = batch.graph_mask
+                labels.append(batch.labels[keep])
+                probs.append(np.asarray(p)[keep])
+                losses.append(np.asarray(ce)[keep])
+                alphas = alphas_from_intermediates(intermediates)
+            out[split] = (np.concatenate(labels), np.concatenate(probs), float(np.concatenate(losses).mean()))
+        return out, alphas
+
+
 def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
     """Train, early-stop on validation, test once; returns (and writes) the results dict."""
     config.validate()
@@ -107,55 +219,37 @@ def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
 
     ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
-    if not isinstance(ds, gdata.NodeDataset) or ds.task != "classification":
-        raise ValueError(f"train_and_evaluate: {config.dataset.name!r} is not a node classification dataset; "
-                         "graph-level training is not implemented yet")
+    if ds.task != "classification":
+        raise ValueError(f"train_and_evaluate: {config.dataset.name!r} is a {ds.task} dataset; "
+                         "only classification is implemented so far")
     key_init, key_dropout, _ = jax.random.split(jax.random.key(config.seed), 3)
-    train_mask, val_mask, test_mask = (jnp.asarray(m) for m in ds.split(config.seed))
-    graph = jax.tree.map(jnp.asarray, ds.graph)
-    if config.model.add_self_loops:
-        graph = add_self_loops(graph)
-    labels = jnp.asarray(ds.labels)
-
-    model = _model(config, ds.num_classes)
-    params = model.init({"params": key_init, "dropout": key_dropout}, graph, deterministic=True)["params"]
-    tx = _optimizer(config, params)
-    opt_state = tx.init(params)
-    train_step, eval_step = make_steps(model, tx)
-    masks = jnp.stack([train_mask, val_mask, test_mask])
-
-    start = time.perf_counter()
-    train_step = jax.jit(train_step).lower(params, opt_state, graph, labels, train_mask, key_dropout).compile()
-    eval_step = jax.jit(eval_step).lower(params, graph, labels, masks).compile()
-    compile_seconds = time.perf_counter() - start
+    task_cls = _NodeTask if isinstance(ds, gdata.NodeDataset) else _GraphTask
+    task = task_cls(config, ds, key_init, key_dropout)
 
     jsonl = JsonlWriter(out / "metrics.jsonl")
     writers = [jsonl, *writers]
-    best = dict(epoch=-1, val_acc=-1.0, val_loss=np.inf, params=params, alphas={})
+    best = dict(epoch=-1, val_acc=-1.0, val_loss=np.inf, params=task.params, alphas={})
     since_improvement, epoch_times = 0, []
     bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=config.dataset.name)
     try:
         for epoch in bar:
             t0 = time.perf_counter()
-            params, opt_state, train_loss = train_step(params, opt_state, graph, labels, train_mask,
-                                                       jax.random.fold_in(key_dropout, epoch))
-            logits, losses, intermediates = eval_step(params, graph, labels, masks)
-            pred = np.asarray(jnp.argmax(logits, -1))
-            val_acc = metrics.accuracy(ds.labels[np.asarray(val_mask)], pred[np.asarray(val_mask)])
-            losses = np.asarray(losses)
+            train_loss = task.train_epoch(epoch)
+            splits, alphas = task.predict(task.params)
             epoch_times.append(time.perf_counter() - t0)
-            alphas = alphas_from_intermediates(intermediates)
-            row = {"train/loss": float(train_loss), "val/loss": float(losses[1]), "val/accuracy": val_acc,
-                   "train/accuracy": metrics.accuracy(ds.labels[np.asarray(train_mask)], pred[np.asarray(train_mask)]),
+            val_labels, val_probs, val_loss = splits["val"]
+            val_acc = metrics.accuracy(val_labels, val_probs.argmax(-1))
+            row = {"train/loss": train_loss, "val/loss": val_loss, "val/accuracy": val_acc,
+                   "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
                    "seconds": epoch_times[-1], "alphas": alphas}
             for writer in writers:
                 writer.log(epoch, row)
-            bar.set_postfix(loss=f"{float(train_loss):.3f}", val_acc=f"{val_acc:.3f}")
-            improved_acc, improved_loss = val_acc > best["val_acc"], losses[1] < best["val_loss"]
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+            improved_acc, improved_loss = val_acc > best["val_acc"], val_loss < best["val_loss"]
             if improved_acc or (val_acc == best["val_acc"] and improved_loss):
-                best.update(epoch=epoch, params=params, alphas=alphas)
+                best.update(epoch=epoch, params=task.params, alphas=alphas)
             if improved_acc or improved_loss:
-                best["val_acc"], best["val_loss"] = max(val_acc, best["val_acc"]), min(losses[1], best["val_loss"])
+                best["val_acc"], best["val_loss"] = max(val_acc, best["val_acc"]), min(val_loss, best["val_loss"])
                 since_improvement = 0
             else:
                 since_improvement += 1
@@ -166,17 +260,16 @@ def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
         jsonl.close()
 
     # The test set is evaluated once, with the parameters of the best validation epoch.
-    logits, losses, _ = eval_step(best["params"], graph, labels, masks)
+    splits, _ = task.predict(best["params"])
     results = {"best_epoch": best["epoch"], "epochs": epoch + 1, "alphas": best["alphas"],
-               "compile_seconds": compile_seconds,
-               "seconds_per_epoch": float(np.median(epoch_times)), "device": str(jax.devices()[0])}
-    pred = np.asarray(jnp.argmax(logits, -1))
-    for split, mask in (("train", train_mask), ("val", val_mask), ("test", test_mask)):
-        m = np.asarray(mask)
-        results[f"{split}/accuracy"] = metrics.accuracy(ds.labels[m], pred[m])
-        results[f"{split}/macro_f1"] = metrics.macro_f1(ds.labels[m], pred[m], ds.num_classes)
+               "compile_seconds": task.compile_seconds, "seconds_per_epoch": float(np.median(epoch_times)),
+               "device": str(jax.devices()[0])}
+    for split, (labels, probs, _) in splits.items():
+        pred = probs.argmax(-1)
+        results[f"{split}/accuracy"] = metrics.accuracy(labels, pred)
+        results[f"{split}/macro_f1"] = metrics.macro_f1(labels, pred, ds.num_classes)
         if ds.num_classes == 2:
-            auc = metrics.roc_auc(ds.labels[m], np.asarray(jax.nn.softmax(logits, -1))[m, 1])
+            auc = metrics.roc_auc(labels, probs[:, 1])
             if np.isfinite(auc):
                 results[f"{split}/roc_auc"] = auc
     (out / "results.json").write_text(json.dumps(results, indent=2))

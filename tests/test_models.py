@@ -40,16 +40,27 @@ def test_layer_shapes_and_finite(key, v2, aggregator):
     assert out.shape == (12, 4)
 
 
-def test_ga_at_alpha_half_equals_weighted_sum_on_positive_messages(key):
-    """With relu + eps messages... any positive messages: GA at p = 1 is the attention-weighted mean."""
+@pytest.mark.parametrize("positive", ["relu_eps", "elu1"])
+def test_ga_at_alpha_half_equals_weighted_sum_on_positive_messages(key, positive):
+    """GA pooling maps back to the message domain, so at p = 1 it is the attention-weighted mean."""
     graph = small_graph(key)
-    graph = graph._replace(nodes=jnp.abs(graph.nodes) + 0.1)
     messages = jnp.abs(jax.random.normal(key, (graph.senders.shape[0], 2, 3))) + 0.1
     logits = jax.random.normal(jax.random.fold_in(key, 1), (graph.senders.shape[0], 2))
     att = jraph.segment_softmax(logits, graph.receivers, 12)
     ws = pooling.weighted_sum(messages, graph.receivers, 12, weights=att)
-    ga = pooling.get("ga")(jnp.log(jnp.expm1(messages)), graph.receivers, 12, weights=att, alpha=0.5)  # softplus^-1
-    np.testing.assert_allclose(ga, ws, rtol=2e-5, atol=1e-6)
+    ga = pooling.get("ga")(messages, graph.receivers, 12, weights=att, alpha=0.5, positive=positive)
+    np.testing.assert_allclose(ga, ws, rtol=2e-5, atol=2e-6)
+
+
+def test_ga_pooling_limits_are_min_and_max_of_messages(key):
+    """alpha = +-1: the max / min of the (real-valued) messages, whatever the transform."""
+    graph = small_graph(key)
+    messages = jax.random.normal(key, (graph.senders.shape[0], 2, 3)) * 3
+    for positive in ("softplus", "elu1"):  # relu_eps clips negative messages: not invertible there
+        top = pooling.get("ga")(messages, graph.receivers, 12, alpha=1.0, positive=positive)
+        bottom = pooling.get("ga")(messages, graph.receivers, 12, alpha=-1.0, positive=positive)
+        np.testing.assert_allclose(top, pooling.maximum(messages, graph.receivers, 12), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(bottom, pooling.minimum(messages, graph.receivers, 12), rtol=1e-4, atol=1e-4)
 
 
 def test_permutation_invariance(key):
@@ -142,9 +153,10 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
     for key in ("test/accuracy", "val/accuracy", "best_epoch", "alphas", "seconds_per_epoch", "compile_seconds", "device"):
         assert key in saved
     assert set(saved["alphas"]) == {"gat_0", "gat_1"}
-    # Reproducible from the seed.
-    again = train_and_evaluate(synthetic_config(pool={"name": "ga", "learn": True, "scope": "head"}), tmp_path / "again")
+    # Reproducible from the seed; a rerun in the same directory replaces metrics.jsonl.
+    again = train_and_evaluate(synthetic_config(pool={"name": "ga", "learn": True, "scope": "head"}), tmp_path)
     assert again["test/accuracy"] == results["test/accuracy"] and again["alphas"] == results["alphas"]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == again["epochs"]
 
 
 @pytest.mark.parametrize("section, values, message", [
@@ -175,3 +187,15 @@ def test_hash_dropout_rate_scaling_and_determinism(key):
     row_rates = kept.mean(axis=1)
     assert float(row_rates.std()) < 3 * (0.4 * 0.6 / 500) ** 0.5
     assert jnp.array_equal(layer.apply({}, x, deterministic=True), x)
+
+
+def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
+    raw = {"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 80, "task": "classification",
+                                                        "num_classes": 2, "seed": 0}},
+           "model": {"hidden": 4, "heads": 2, "readout": "ga", "mlp": [8]}, "pool": {"name": "ga"},
+           "trainer": {"max_epochs": 4, "patience": 4, "progress": False, "batch_size": 16}}
+    results = train_and_evaluate(Config.from_dict(raw), tmp_path / "a")
+    assert 0 <= results["test/accuracy"] <= 1 and "test/roc_auc" in results
+    assert any(k.startswith("readout") for k in results["alphas"])
+    again = train_and_evaluate(Config.from_dict(raw), tmp_path / "b")
+    assert again["test/accuracy"] == results["test/accuracy"]
