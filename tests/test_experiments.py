@@ -72,3 +72,17 @@ def test_wandb_failure_never_kills_training(tmp_path):
         writer.close()
     assert any("wandb log failed" in str(w.message) for w in caught)
     assert writer.run is None
+
+
+def test_every_dataset_and_group_option_composes():
+    """Every config file in every group composes into a valid typed Config."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments.train import to_config
+
+    conf = ROOT / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for group in ("dataset", "model", "pool", "optimizer", "trainer", "logger", "debug"):
+            for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
+                cfg = compose(config_name="config", overrides=[f"{group}={option}"])
+                to_config(cfg)
