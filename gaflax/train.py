@@ -21,14 +21,12 @@ import pathlib
 import platform
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-import gaflax
 from gaflax import data as gdata
 from gaflax import metrics
 from gaflax.config import Config
@@ -49,24 +47,26 @@ class JsonlWriter:
 
 
 def versions() -> dict:
-    import optax as _optax  # noqa: F401  (imported for its version)
-
-    from gaflax.compat import jraph
+    """Installed versions of the libraries a run depends on, and the device it ran on."""
+    from importlib.metadata import version
 
     return {
-        "gaflax": gaflax.__version__, "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-        "flax": flax.__version__, "optax": optax.__version__, "jraph": getattr(jraph, "__version__", "0.0.6.dev0"),
-        "numpy": np.__version__, "python": platform.python_version(), "device": str(jax.devices()[0]),
-        "platform": jax.default_backend(),
+        **{name: version(name) for name in ("gaflax", "jax", "jaxlib", "flax", "optax", "jraph", "numpy")},
+        "python": platform.python_version(), "device": str(jax.devices()[0]), "platform": jax.default_backend(),
     }
 
 
-def _model(config: Config, num_classes: int) -> GAT:
+def _layer_kwargs(config: Config) -> dict:
+    """Keyword arguments shared by every GATLayer of a model."""
     m, p = config.model, config.pool
-    layer = dict(v2=m.v2, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
-                 alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout, attention_dropout=m.attention_dropout)
+    return dict(v2=m.v2, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
+                alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout, attention_dropout=m.attention_dropout)
+
+
+def _model(config: Config, num_classes: int) -> GAT:
+    m = config.model
     return GAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, out_heads=m.out_heads,
-               num_layers=m.num_layers, layer=layer)
+               num_layers=m.num_layers, layer=_layer_kwargs(config))
 
 
 def _optimizer(config: Config, params):
@@ -76,7 +76,9 @@ def _optimizer(config: Config, params):
 
 
 def make_steps(model, tx):
-    """Pure train / eval steps; jit them once per run (shapes never change in full-batch training)."""
+    """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
+    the real graphs (padded batches) that count. ``eval_step`` takes a stack of masks and returns
+    the logits, the mean loss under each mask and the sown intermediates (the alphas)."""
 
     def loss_fn(params, graph, labels, mask, key, deterministic):
         logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
@@ -142,40 +144,19 @@ class _GraphTask:
         self.batch_size = config.trainer.batch_size
         self.indices = dict(zip(("train", "val", "test"), ds.folds(seed=config.seed)[config.trainer.fold]))
         self.budgets = gdata.budgets_for(ds, self.batch_size)
-        m, p = config.model, config.pool
-        layer = dict(v2=m.v2, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
-                     alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout,
-                     attention_dropout=m.attention_dropout)
+        m = config.model
         self.model = GraphGAT(num_classes=ds.num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
-                              readout=m.readout, mlp=tuple(m.mlp), layer=layer)
+                              readout=m.readout, mlp=tuple(m.mlp), layer=_layer_kwargs(config))
         self.add_loops = m.add_self_loops
         first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
                                                          self.batch_size, self.budgets)))
         self.params = self.model.init({"params": key_init, "dropout": key_dropout}, first[0], deterministic=True)["params"]
         tx = _optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
-        model = self.model
-
-        def loss_fn(params, graph, labels, graph_mask, key, deterministic):
-            logits, state = model.apply({"params": params}, graph, deterministic=deterministic,
-                                        rngs={"dropout": key}, mutable=["intermediates"])
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            loss = jnp.sum(jnp.where(graph_mask, ce, 0)) / jnp.maximum(graph_mask.sum(), 1)
-            return loss, (logits, state.get("intermediates", {}))
-
-        def train_step(params, opt_state, graph, labels, graph_mask, key):
-            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graph, labels, graph_mask, key, False)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        def eval_step(params, graph, labels, graph_mask):
-            _, (logits, intermediates) = loss_fn(params, graph, labels, graph_mask, jax.random.key(0), True)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return jax.nn.softmax(logits, -1), jnp.where(graph_mask, ce, 0), intermediates
-
+        train_step, eval_step = make_steps(self.model, tx)
         self.train_step, self.eval_step = jax.jit(train_step), jax.jit(eval_step)
         start = time.perf_counter()
-        jax.block_until_ready(self.eval_step(self.params, *first))
+        jax.block_until_ready(self.eval_step(self.params, first[0], first[1], first[2][None]))
         self.compile_seconds = time.perf_counter() - start  # one shape; others compile on first use
 
     def _device(self, batch):
@@ -198,15 +179,17 @@ class _GraphTask:
     def predict(self, params):
         out, alphas = {}, {}
         for split in ("train", "val", "test"):
-            labels, probs, losses = [], [], []
+            labels, probs, loss_sum = [], [], 0.0
             for batch in self._batches(split):
-                p, ce, intermediates = self.eval_step(params, *self._device(batch))
+                graph, batch_labels, graph_mask = self._device(batch)
+                logits, losses, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
                 keep = batch.graph_mask
                 labels.append(batch.labels[keep])
-                probs.append(np.asarray(p)[keep])
-                losses.append(np.asarray(ce)[keep])
+                probs.append(np.asarray(jax.nn.softmax(logits, -1))[keep])
+                loss_sum += float(losses[0]) * keep.sum()  # losses[0] is the mean over this batch's graphs
                 alphas = alphas_from_intermediates(intermediates)
-            out[split] = (np.concatenate(labels), np.concatenate(probs), float(np.concatenate(losses).mean()))
+            labels = np.concatenate(labels)
+            out[split] = (labels, np.concatenate(probs), loss_sum / max(len(labels), 1))
         return out, alphas
 
 
