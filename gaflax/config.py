@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gaflax import pooling
+from gaflax import losses, pooling
 from gaflax.models import ALPHA_SCOPES
 
 
@@ -47,6 +47,14 @@ class PoolConfig:
 
 
 @dataclasses.dataclass
+class LossConfig:
+    name: str = "ce"  # one of gaflax.losses.LOSSES: ce, weighted_ce, focal, ga
+    gamma: float = 2.0  # focal
+    alpha: float = 0.5  # ga: the GA exponent over per-example (or per-class) losses; 0.5 is the mean
+    per_class: bool = False  # ga: GA of the class-mean losses
+
+
+@dataclasses.dataclass
 class OptimizerConfig:
     lr: float = 0.005
     weight_decay: float = 5e-4  # L2 on the weights (added to the gradient), as in the GAT paper
@@ -66,9 +74,11 @@ class Config:
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     seed: int = 0
+    hypothesis: str | None = None  # recorded in the journal; not part of the experiment's identity
 
     def __post_init__(self):
         self.validate()
@@ -81,8 +91,7 @@ class Config:
         for key, value in raw.items():
             if key not in sections:
                 raise ValueError(f"config: unknown key {key!r}; expected one of {sorted(sections)}")
-            section_cls = {"dataset": DatasetConfig, "model": ModelConfig, "pool": PoolConfig,
-                           "optimizer": OptimizerConfig, "trainer": TrainerConfig}.get(key)
+            section_cls = SECTIONS.get(key)
             if section_cls is None:
                 kwargs[key] = value
                 continue
@@ -107,6 +116,9 @@ class Config:
         check(p.scope in ALPHA_SCOPES, f"pool.scope={p.scope!r} must be one of {ALPHA_SCOPES}")
         check(p.lr_mult > 0, f"pool.lr_mult={p.lr_mult} must be positive")
         check(p.positive in pooling.POSITIVE, f"pool.positive={p.positive!r} must be one of {sorted(pooling.POSITIVE)}")
+        check(self.loss.name in losses.LOSSES, f"loss.name={self.loss.name!r} is not one of {losses.LOSSES}")
+        check(self.loss.gamma >= 0, f"loss.gamma={self.loss.gamma} must be >= 0")
+        check(-1 <= self.loss.alpha <= 1, f"loss.alpha={self.loss.alpha} must lie in [-1, 1]")
         check(m.name == "gat", f"model.name={m.name!r}: only 'gat' exists so far")
         check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
@@ -119,4 +131,9 @@ class Config:
         check(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
         check(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
         check(t.max_epochs >= 1 and t.patience >= 1, "trainer.max_epochs and trainer.patience must be >= 1")
+        check(self.hypothesis is None or isinstance(self.hypothesis, str), "hypothesis must be a string or null")
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r} must be a non-negative int")
+
+
+SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "pool": PoolConfig, "loss": LossConfig,
+            "optimizer": OptimizerConfig, "trainer": TrainerConfig}
