@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.loggers import make_writers
 from gaflax.config import Config
+from gaflax.journal import ON_DUPLICATE, Journal
 from gaflax.train import train_and_evaluate
 
-RUN_KEYS = ("logger", "objective")  # run settings, not part of the experiment's Config
+RUN_KEYS = ("logger", "objective", "journal")  # run settings, not part of the experiment's Config
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -33,21 +34,36 @@ def to_config(cfg: DictConfig) -> Config:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     config = to_config(cfg)  # raises a clear ValueError on bad values, before any compile
+    journal = _journal(cfg.get("journal") or {"enabled": False})
     out_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     writers = make_writers(OmegaConf.to_container(cfg.logger, resolve=True), config, out_dir)
     try:
-        results = train_and_evaluate(config, out_dir, writers)
+        results = train_and_evaluate(config, out_dir, writers, journal=journal,
+                                     on_duplicate=cfg.journal.on_duplicate if journal else "skip")
         for writer in writers:
             writer.summary(results)
     finally:
         for writer in writers:
             writer.close()  # always: multirun jobs in one process must not merge their W&B runs
-    summary = {k: v for k, v in results.items() if k != "alphas"}
+    summary = {k: v for k, v in results.items() if k not in ("alphas", "baselines")}
     print(f"{config.dataset.name} / {config.pool.name}: " + json.dumps(summary, default=float))
-    if results["alphas"]:
+    if results.get("alphas"):
         print("alphas (at the best epoch): " + json.dumps(results["alphas"]))
+    if results.get("baselines"):
+        print("trivial baselines (test accuracy): " + ", ".join(
+            f"{name} {b['accuracy']:.4f}" for name, b in results["baselines"].items()))
     print(f"run directory: {out_dir}")
+    if cfg.objective not in results:  # the same experiment is running elsewhere: no value yet
+        return float("nan")
     return float(results[cfg.objective])
+
+
+def _journal(settings) -> Journal | None:
+    if not settings.get("enabled", True):
+        return None
+    if settings.get("on_duplicate") not in ON_DUPLICATE:
+        raise ValueError(f"config: journal.on_duplicate={settings.get('on_duplicate')!r} must be one of {ON_DUPLICATE}")
+    return Journal(pathlib.Path(str(settings["path"])).expanduser())
 
 
 def _accept_plus_pool(argv):

@@ -20,6 +20,7 @@ import json
 import pathlib
 import platform
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ import optax
 from tqdm.auto import tqdm
 
 from gaflax import data as gdata
-from gaflax import metrics
+from gaflax import losses, metrics
 from gaflax.config import Config
 from gaflax.models import GAT, GraphGAT, add_self_loops, alphas_from_intermediates
 
@@ -75,30 +76,35 @@ def _optimizer(config: Config, params):
     return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask), optax.adam(config.optimizer.lr))
 
 
-def make_steps(model, tx):
+def make_steps(model, tx, loss=losses.cross_entropy):
     """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
-    the real graphs (padded batches) that count. ``eval_step`` takes a stack of masks and returns
-    the logits, the mean loss under each mask and the sown intermediates (the alphas)."""
+    the real graphs (padded batches) that count, and ``loss(logits, labels, mask)`` is one of
+    ``gaflax.losses``. ``eval_step`` takes a stack of masks and returns the logits, the loss under
+    each mask and the sown intermediates (the alphas)."""
 
-    def loss_fn(params, graph, labels, mask, key, deterministic):
+    def forward(params, graph, key, deterministic):
         logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
                                     mutable=["intermediates"])
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        loss = jnp.sum(jnp.where(mask, ce, 0)) / jnp.maximum(mask.sum(), 1)
-        return loss, (logits, state.get("intermediates", {}))
+        return logits, state.get("intermediates", {})
 
     def train_step(params, opt_state, graph, labels, mask, key):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graph, labels, mask, key, False)
+        def objective(params):
+            return loss(forward(params, graph, key, False)[0], labels, mask)
+
+        value, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, value
 
     def eval_step(params, graph, labels, masks):
-        _, (logits, intermediates) = loss_fn(params, graph, labels, masks[0], jax.random.key(0), True)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        losses = jnp.stack([jnp.sum(jnp.where(m, ce, 0)) / jnp.maximum(m.sum(), 1) for m in masks])
-        return logits, losses, intermediates
+        logits, intermediates = forward(params, graph, jax.random.key(0), True)
+        return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
 
     return train_step, eval_step
+
+
+def _loss(config: Config):
+    c = config.loss
+    return losses.make_loss(c.name, gamma=c.gamma, alpha=c.alpha, per_class=c.per_class)
 
 
 class _NodeTask:
@@ -115,7 +121,7 @@ class _NodeTask:
         self.params = model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
         tx = _optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
-        train_step, eval_step = make_steps(model, tx)
+        train_step, eval_step = make_steps(model, tx, _loss(config))
         start = time.perf_counter()
         self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.graph, self.labels,
                                                     self.masks[0], key_dropout).compile()
@@ -153,7 +159,7 @@ class _GraphTask:
         self.params = self.model.init({"params": key_init, "dropout": key_dropout}, first[0], deterministic=True)["params"]
         tx = _optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
-        train_step, eval_step = make_steps(self.model, tx)
+        train_step, eval_step = make_steps(self.model, tx, _loss(config))
         self.train_step, self.eval_step = jax.jit(train_step), jax.jit(eval_step)
         start = time.perf_counter()
         jax.block_until_ready(self.eval_step(self.params, first[0], first[1], first[2][None]))
@@ -182,29 +188,56 @@ class _GraphTask:
             labels, probs, loss_sum = [], [], 0.0
             for batch in self._batches(split):
                 graph, batch_labels, graph_mask = self._device(batch)
-                logits, losses, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
+                logits, batch_loss, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
                 keep = batch.graph_mask
                 labels.append(batch.labels[keep])
                 probs.append(np.asarray(jax.nn.softmax(logits, -1))[keep])
-                loss_sum += float(losses[0]) * keep.sum()  # losses[0] is the mean over this batch's graphs
+                loss_sum += float(batch_loss[0]) * keep.sum()  # weighted by the batch's real graphs
                 alphas = alphas_from_intermediates(intermediates)
             labels = np.concatenate(labels)
             out[split] = (labels, np.concatenate(probs), loss_sum / max(len(labels), 1))
         return out, alphas
 
 
-def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
-    """Train, early-stop on validation, test once; returns (and writes) the results dict."""
-    config.validate()
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_duplicate: str = "skip") -> dict:
+    """Train, early-stop on validation, test once; returns (and writes) the results dict.
 
+    With a ``gaflax.journal.Journal``, the run is recorded there; an experiment the journal has
+    already done is skipped (see ``on_duplicate``) and the earlier results are returned, with
+    ``journal/duplicate_of`` set to the earlier run's id.
+    """
+    config.validate()
     ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
     if ds.task != "classification":
         raise ValueError(f"train_and_evaluate: {config.dataset.name!r} is a {ds.task} dataset; "
                          "only classification is implemented so far")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if journal is None:
+        return _train(config, ds, out, writers, heartbeat=lambda: None)
+
+    decision = journal.begin(config.to_dict(), ds.fingerprint, on_duplicate=on_duplicate,
+                             hypothesis=config.hypothesis, device=str(jax.devices()[0]), run_dir=out)
+    if decision.message:
+        print(decision.message, flush=True)
+    if not decision.run:
+        earlier = decision.earlier
+        (out / "duplicate_of.json").write_text(json.dumps({"journal": str(journal.path), "run_id": earlier["id"],
+                                                           "run_dir": earlier["run_dir"]}, indent=2))
+        return {**(earlier["results"] or {}), "journal/duplicate_of": earlier["id"]}
+    try:
+        results = _train(config, ds, out, writers, heartbeat=lambda: journal.heartbeat(decision.run_id))
+    except BaseException:
+        journal.fail(decision.run_id, traceback.format_exc())
+        raise
+    results["journal/run_id"] = decision.run_id
+    journal.finish(decision.run_id, results)
+    return results
+
+
+def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
     key_init, key_dropout, _ = jax.random.split(jax.random.key(config.seed), 3)
     task_cls = _NodeTask if isinstance(ds, gdata.NodeDataset) else _GraphTask
     task = task_cls(config, ds, key_init, key_dropout)
@@ -227,6 +260,7 @@ def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
                    "seconds": epoch_times[-1], "alphas": alphas}
             for writer in writers:
                 writer.log(epoch, row)
+            heartbeat()
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
             improved_acc, improved_loss = val_acc > best["val_acc"], val_loss < best["val_loss"]
             if improved_acc or (val_acc == best["val_acc"] and improved_loss):
@@ -248,13 +282,15 @@ def train_and_evaluate(config: Config, out_dir, writers=()) -> dict:
                "compile_seconds": task.compile_seconds, "seconds_per_epoch": float(np.median(epoch_times)),
                "device": str(jax.devices()[0])}
     for split, (labels, probs, _) in splits.items():
-        pred = probs.argmax(-1)
-        results[f"{split}/accuracy"] = metrics.accuracy(labels, pred)
-        results[f"{split}/macro_f1"] = metrics.macro_f1(labels, pred, ds.num_classes)
-        if ds.num_classes == 2:
-            auc = metrics.roc_auc(labels, probs[:, 1])
-            if np.isfinite(auc):
-                results[f"{split}/roc_auc"] = auc
+        scores = probs[:, 1] if ds.num_classes == 2 else None
+        for name, value in metrics.summary(labels, probs.argmax(-1), ds.num_classes, scores).items():
+            results[f"{split}/{name}"] = value
+    # The trivial baselines on the same test set: a model should beat all three.
+    test_labels = splits["test"][0]
+    results["baselines"] = {
+        name: metrics.summary(test_labels, pred, ds.num_classes, probs[:, 1] if ds.num_classes == 2 else None)
+        for name, (pred, probs) in metrics.trivial_baselines(splits["train"][0], test_labels, ds.num_classes,
+                                                             config.seed).items()}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

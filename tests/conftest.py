@@ -25,3 +25,9 @@ def x64():
     """Run one test with float64 enabled (the default stays float32)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _private_journal(tmp_path, monkeypatch):
+    """Every test gets its own lab journal, so runs never skip because an earlier test did them."""
+    monkeypatch.setenv("GAFLAX_JOURNAL", str(tmp_path / "journal.sqlite"))

@@ -82,7 +82,38 @@ def test_every_dataset_and_group_option_composes():
 
     conf = ROOT / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for group in ("dataset", "model", "pool", "optimizer", "trainer", "logger", "debug"):
+        for group in ("dataset", "model", "pool", "loss", "optimizer", "trainer", "logger", "debug", "experiment"):
             for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
                 cfg = compose(config_name="config", overrides=[f"{group}={option}"])
                 to_config(cfg)
+
+
+def test_journal_skips_a_repeated_run_and_a_multirun_resumes(tmp_path):
+    journal = tmp_path / "journal.sqlite"
+    first = run_train("debug=fast", "seed=0", f"journal.path={journal}", tmp_path=tmp_path / "first")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_train("debug=fast", "seed=0", f"journal.path={journal}", tmp_path=tmp_path / "again")
+    assert again.returncode == 0 and "already recorded" in again.stdout
+    assert not (tmp_path / "again" / "metrics.jsonl").exists()
+    # A multirun over seeds 0 and 1 (as if relaunched after an interruption) only trains seed 1.
+    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
+    multi = subprocess.run([sys.executable, "-m", "experiments.train", "-m", "debug=fast", "seed=0,1",
+                            f"journal.path={journal}", f"hydra.sweep.dir={tmp_path / 'multi'}"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert multi.stdout.count("already recorded") == 1
+    assert not (tmp_path / "multi" / "0" / "metrics.jsonl").exists()
+    assert (tmp_path / "multi" / "1" / "metrics.jsonl").exists()
+    from gaflax.journal import Journal
+
+    assert [r["config"]["seed"] for r in Journal(journal).runs({"status": "done"})] == [0, 1]
+
+
+def test_loss_option_trains(tmp_path):
+    proc = run_train("debug=fast", "loss=ga", "loss.per_class=true", "loss.alpha=0.9", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert json.loads((tmp_path / "config.json").read_text())["loss"] == {
+        "name": "ga", "gamma": 2.0, "alpha": 0.9, "per_class": True}
+    assert set(results["baselines"]) == {"uniform", "prior", "zero_rule"}
+    assert 0 <= results["test/balanced_accuracy"] <= 1

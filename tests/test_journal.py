@@ -1,0 +1,187 @@
+"""The lab journal: schema, duplicate detection, skip / warn / rerun, crash recovery, the CLI."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from gaflax import journal as gj
+from gaflax.config import Config
+from gaflax.train import train_and_evaluate
+
+CODE = {"git_sha": "abc", "dirty": False, "diff_sha256": None, "package": "0.1.0"}
+DATA = {"files": {"cora/ind.cora.x": "00ff"}}
+
+
+@pytest.fixture
+def jr(tmp_path):
+    return gj.Journal(tmp_path / "j.sqlite")
+
+
+def _config(**changes):
+    config = Config().to_dict()
+    for dotted, value in changes.items():
+        section, _, name = dotted.rpartition(".")
+        (config[section] if section else config)[name] = value
+    return config
+
+
+def _done(jr, config, results=None, data=DATA, code=CODE):
+    decision = jr.begin(config, data, code=code)
+    assert decision.run
+    jr.finish(decision.run_id, results or {"test/accuracy": 0.8, "val/accuracy": 0.79})
+    return decision.run_id
+
+
+def test_schema(jr):
+    db = sqlite3.connect(jr.path)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    assert {"id", "key", "status", "hypothesis", "config", "data_fingerprint", "code_version", "device",
+            "host", "pid", "run_dir", "started_at", "heartbeat_at", "finished_at", "results", "error"} <= columns
+    assert db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] == str(gj.SCHEMA_VERSION)
+    with pytest.raises(sqlite3.IntegrityError):  # status is constrained
+        db.execute("INSERT INTO runs (key, status, config, data_fingerprint, code_version, host, pid, started_at,"
+                   " heartbeat_at) VALUES ('k', 'paused', '{}', '{}', '{}', 'h', 1, 0, 0)")
+    db.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    db.commit()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        gj.Journal(jr.path)
+
+
+def test_duplicate_is_skipped_with_the_earlier_results(jr):
+    run_id = _done(jr, _config())
+    decision = jr.begin(_config(), DATA, code=CODE)
+    assert not decision.run
+    assert "already recorded" in decision.message and "test/accuracy=0.8000" in decision.message
+    assert decision.earlier["id"] == run_id and decision.earlier["results"]["test/accuracy"] == 0.8
+
+
+def test_warn_and_rerun_run_again(jr):
+    _done(jr, _config())
+    warned = jr.begin(_config(), DATA, on_duplicate="warn", code=CODE)
+    assert warned.run and "already recorded" in warned.message
+    jr.finish(warned.run_id, {"test/accuracy": 0.81})
+    quiet = jr.begin(_config(), DATA, on_duplicate="rerun", code=CODE)
+    assert quiet.run and quiet.message == ""
+    with pytest.raises(ValueError, match="on_duplicate='sometimes'"):
+        jr.begin(_config(), DATA, on_duplicate="sometimes", code=CODE)
+
+
+def test_what_makes_an_experiment_new(jr):
+    _done(jr, _config())
+    # Non-semantic keys do not make a new experiment...
+    assert not jr.begin(_config(**{"trainer.progress": False, "dataset.root": "/elsewhere",
+                                   "hypothesis": "same thing, new words"}), DATA, code=CODE).run
+    # ... but the config, the data and the code do.
+    assert jr.begin(_config(seed=1), DATA, code=CODE).run
+    assert jr.begin(_config(**{"pool.alpha": 0.25}), DATA, code=CODE).run
+    assert jr.begin(_config(), {"files": {"cora/ind.cora.x": "11ee"}}, code=CODE).run
+    assert jr.begin(_config(), DATA, code={**CODE, "git_sha": "def"}).run
+    assert jr.begin(_config(), DATA, code={**CODE, "dirty": True, "diff_sha256": "d1"}).run
+
+
+def test_failed_runs_do_not_count(jr):
+    decision = jr.begin(_config(), DATA, code=CODE)
+    jr.fail(decision.run_id, "Traceback: boom")
+    again = jr.begin(_config(), DATA, code=CODE)
+    assert again.run and again.message == ""
+    assert jr.get(decision.run_id)["status"] == "failed" and "boom" in jr.get(decision.run_id)["error"]
+
+
+def test_a_crashed_run_is_detected_and_run_again(jr):
+    decision = jr.begin(_config(), DATA, code=CODE)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sqlite3.connect(jr.path) as db:  # as if a process that has since died had claimed the run
+        db.execute("UPDATE runs SET pid = ? WHERE id = ?", (int(dead.stdout), decision.run_id))
+    again = jr.begin(_config(), DATA, code=CODE)
+    assert again.run and "crashed" in again.message
+    assert jr.get(decision.run_id)["status"] == "failed"
+
+
+def test_runs_on_other_hosts_are_stale_only_without_heartbeat(jr):
+    decision = jr.begin(_config(), DATA, code=CODE)
+    with sqlite3.connect(jr.path) as db:
+        db.execute("UPDATE runs SET host = 'elsewhere' WHERE id = ?", (decision.run_id,))
+    busy = jr.begin(_config(), DATA, code=CODE)
+    assert not busy.run and "running now" in busy.message
+    with sqlite3.connect(jr.path) as db:
+        db.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 3600 WHERE id = ?", (decision.run_id,))
+    assert jr.begin(_config(), DATA, code=CODE).run
+
+
+def test_concurrent_workers_claim_a_cell_once(jr):
+    decisions = []
+
+    def worker():
+        decisions.append(gj.Journal(jr.path).begin(_config(), DATA, code=CODE))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(d.run for d in decisions) == 1
+
+
+def test_train_and_evaluate_records_and_skips(tmp_path, capsys):
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification"}},
+                               "model": {"hidden": 4, "heads": 2}, "hypothesis": "GA learns something",
+                               "trainer": {"max_epochs": 3, "patience": 3, "progress": False}})
+    first = train_and_evaluate(config, tmp_path / "a", journal=jr)
+    record = jr.get(first["journal/run_id"])
+    assert record["status"] == "done" and record["hypothesis"] == "GA learns something"
+    assert record["data_fingerprint"]["generator"]["num_nodes"] == 120
+    assert record["results"]["test/accuracy"] == first["test/accuracy"] and record["device"]
+    assert set(record["code_version"]) == {"git_sha", "dirty", "diff_sha256", "package"}
+    second = train_and_evaluate(config, tmp_path / "b", journal=jr)
+    assert "already recorded" in capsys.readouterr().out
+    assert second["journal/duplicate_of"] == record["id"] and second["test/accuracy"] == first["test/accuracy"]
+    assert not (tmp_path / "b" / "metrics.jsonl").exists() and (tmp_path / "b" / "duplicate_of.json").exists()
+
+
+def test_a_failing_run_is_recorded_as_failed(tmp_path, monkeypatch):
+    import gaflax.train as train
+
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification"}},
+                               "trainer": {"max_epochs": 2, "progress": False}})
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(train, "_NodeTask", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_and_evaluate(config, tmp_path / "a", journal=jr)
+    (run,) = jr.runs()
+    assert run["status"] == "failed" and "simulated" in run["error"]
+
+
+def _cli(*args, db):
+    return subprocess.run([sys.executable, "-m", "gaflax.journal", "--db", str(db), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli(jr, tmp_path):
+    a = _done(jr, _config(), {"test/accuracy": 0.80, "val/accuracy": 0.79})
+    b = _done(jr, _config(**{"pool.name": "ga", "pool.alpha": 0.25}), {"test/accuracy": 0.82, "val/accuracy": 0.8})
+    listing = _cli("list", db=jr.path)
+    assert listing.returncode == 0 and "weighted_sum" in listing.stdout and "ga" in listing.stdout
+    filtered = json.loads(_cli("list", "--json", "--filter", "pool.name=ga", db=jr.path).stdout)
+    assert [r["id"] for r in filtered] == [b]
+    shown = json.loads(_cli("show", str(a), db=jr.path).stdout)
+    assert shown["config"]["pool"]["name"] == "weighted_sum"
+    compared = _cli("compare", str(a), str(b), db=jr.path).stdout
+    assert "pool.alpha: 0.5 -> 0.25" in compared and "test/accuracy: 0.8000 -> 0.8200 (+0.0200)" in compared
+    csv_out = tmp_path / "runs.csv"
+    assert _cli("export", "--out", str(csv_out), db=jr.path).returncode == 0
+    header, *rows = csv_out.read_text().splitlines()
+    assert "config.pool.alpha" in header and "results.test/accuracy" in header and len(rows) == 2
+    assert len(json.loads(_cli("export", "--format", "json", db=jr.path).stdout)) == 2
+    missing = _cli("show", "99", db=jr.path)
+    assert missing.returncode == 1 and "no run with id 99" in missing.stderr
+    nothing = _cli("list", db=tmp_path / "absent.sqlite")
+    assert nothing.returncode == 2 and "no journal at" in nothing.stderr
