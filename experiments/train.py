@@ -21,7 +21,7 @@ from gaflax.config import Config
 from gaflax.journal import ON_DUPLICATE, Journal
 from gaflax.train import train_and_evaluate
 
-RUN_KEYS = ("logger", "objective", "journal")  # run settings, not part of the experiment's Config
+RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -33,9 +33,22 @@ def to_config(cfg: DictConfig) -> Config:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    out_dir = pathlib.Path(hydra_cfg.runtime.output_dir)
+    if cfg.get("hparams_search"):
+        from experiments.search import run_study
+
+        return run_study(cfg, list(hydra_cfg.overrides.task), out_dir, train_one)
+    results = train_one(cfg, out_dir)
+    if cfg.objective not in results:  # the same experiment is running elsewhere: no value yet
+        return float("nan")
+    return float(results[cfg.objective])
+
+
+def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
+    """One training run from a composed config: validate, train (or skip, per the journal), print."""
     config = to_config(cfg)  # raises a clear ValueError on bad values, before any compile
     journal = _journal(cfg.get("journal") or {"enabled": False})
-    out_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     writers = make_writers(OmegaConf.to_container(cfg.logger, resolve=True), config, out_dir)
     try:
         results = train_and_evaluate(config, out_dir, writers, journal=journal,
@@ -53,9 +66,7 @@ def main(cfg: DictConfig) -> float:
         print("trivial baselines (test accuracy): " + ", ".join(
             f"{name} {b['accuracy']:.4f}" for name, b in results["baselines"].items()))
     print(f"run directory: {out_dir}")
-    if cfg.objective not in results:  # the same experiment is running elsewhere: no value yet
-        return float("nan")
-    return float(results[cfg.objective])
+    return results
 
 
 def _journal(settings) -> Journal | None:

@@ -117,3 +117,53 @@ def test_loss_option_trains(tmp_path):
         "name": "ga", "gamma": 2.0, "alpha": 0.9, "per_class": True}
     assert set(results["baselines"]) == {"uniform", "prior", "zero_rule"}
     assert 0 <= results["test/balanced_accuracy"] <= 1
+
+
+def _run(args, tmp_path, timeout=600):
+    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_optuna_search_runs_resumes_and_summarizes(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    args = ["debug=fast", "pool=ga", "hparams_search=debug", f"hparams_search.storage={storage}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    first = _run([*args, "hparams_search.n_trials=2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "0 of 2 trials done" in first.stdout and "search: best trial" in first.stdout
+    assert "parameter importances" in first.stdout
+    assert (tmp_path / "run" / "trial_000" / "results.json").exists()
+    resumed = _run([*args, "hparams_search.n_trials=3"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 of 3 trials done" in resumed.stdout and resumed.stdout.count("search: trial ") == 1
+
+    import optuna
+
+    study = optuna.load_study(study_name="debug", storage=storage)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+def test_bad_search_space_fails_clearly(tmp_path):
+    proc = _run(["debug=fast", "hparams_search=debug", "+hparams_search.params.seed={type:gaussian}",
+                 f"hparams_search.storage=sqlite:///{tmp_path / 'o.sqlite'}", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert proc.returncode != 0
+    assert "hparams_search.params.seed.type='gaussian' must be one of" in proc.stderr
+    assert not (tmp_path / "trial_000").exists()
+
+
+def test_joblib_launcher_runs_a_local_multirun(tmp_path):
+    proc = _run(["-m", "hydra/launcher=local", "debug=fast", "seed=0,1", f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all((tmp_path / str(i) / "results.json").exists() for i in (0, 1))
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [cluster] extra")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        slurm = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        local = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.timeout_min == 60
+    assert local.hydra.launcher._target_.endswith("JoblibLauncher")
