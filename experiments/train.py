@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.loggers import make_writers
 from gaflax.config import Config
 from gaflax.journal import ON_DUPLICATE, Journal
-from gaflax.train import train_and_evaluate
+from gaflax.train import train_and_evaluate, train_seed_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
 
@@ -49,10 +49,12 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     """One training run from a composed config: validate, train (or skip, per the journal), print."""
     config = to_config(cfg)  # raises a clear ValueError on bad values, before any compile
     journal = _journal(cfg.get("journal") or {"enabled": False})
+    on_duplicate = cfg.journal.on_duplicate if journal else "skip"
+    if config.trainer.vmap == "seeds":
+        return _train_grid(config, cfg, out_dir, journal, on_duplicate)
     writers = make_writers(OmegaConf.to_container(cfg.logger, resolve=True), config, out_dir)
     try:
-        results = train_and_evaluate(config, out_dir, writers, journal=journal,
-                                     on_duplicate=cfg.journal.on_duplicate if journal else "skip")
+        results = train_and_evaluate(config, out_dir, writers, journal=journal, on_duplicate=on_duplicate)
         for writer in writers:
             writer.summary(results)
     finally:
@@ -67,6 +69,20 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
             f"{name} {b['accuracy']:.4f}" for name, b in results["baselines"].items()))
     print(f"run directory: {out_dir}")
     return results
+
+
+def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
+    """trainer.vmap=seeds: the members' results, and the objective averaged over them."""
+    if cfg.logger.name != "none":
+        print(f"note: logger={cfg.logger.name} is not used by vmapped grids; each member writes metrics.jsonl")
+    members = train_seed_grid(config, out_dir, journal=journal, on_duplicate=on_duplicate)
+    for seed, results in enumerate(members, start=config.seed):
+        brief = {k: results.get(k) for k in ("best_epoch", "val/accuracy", "test/accuracy")}
+        print(f"{config.dataset.name} / {config.pool.name} / seed {seed}: " + json.dumps(brief))
+    values = [r[cfg.objective] for r in members if cfg.objective in r]
+    mean = float(sum(values) / len(values)) if values else float("nan")
+    print(f"{cfg.objective}: mean {mean:.4f} over {len(values)} members; run directory: {out_dir}")
+    return {"members": members, cfg.objective: mean}
 
 
 def _journal(settings) -> Journal | None:

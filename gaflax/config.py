@@ -67,6 +67,8 @@ class TrainerConfig:
     progress: bool = True
     batch_size: int = 32  # graph classification
     fold: int = 0  # graph classification: which of the 10 outer folds is the test set
+    vmap: str = "none"  # "seeds": train num_members seeds (seed, seed + 1, ...) as one vmapped program
+    num_members: int = 1
 
 
 @dataclasses.dataclass
@@ -122,6 +124,8 @@ class Config:
         check(m.name == "gat", f"model.name={m.name!r}: only 'gat' exists so far")
         check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
+        check(t.vmap in ("none", "seeds"), f"trainer.vmap={t.vmap!r} must be 'none' or 'seeds'")
+        check(t.num_members >= 1, f"trainer.num_members={t.num_members} must be >= 1")
         check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
         for name in ("dropout", "attention_dropout"):
             value = getattr(m, name)

@@ -16,6 +16,7 @@ Seeds: init, dropout and data splits use separate keys derived from ``config.see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import platform
@@ -142,6 +143,65 @@ class _NodeTask:
         return out, alphas_from_intermediates(intermediates)
 
 
+class _NodeGrid:
+    """Many seeds of one node-classification run in one compiled program.
+
+    Parameters, optimizer states, dropout keys and split masks get a leading member axis and the
+    steps are ``vmap``ped over it, so member ``m`` computes what a sequential run with its seed
+    computes (to float rounding: batched and unbatched matmuls may round differently).
+    """
+
+    def __init__(self, configs: list[Config], ds):
+        self.ds, self.num = ds, len(configs)
+        keys = [jax.random.split(jax.random.key(c.seed), 3) for c in configs]
+        keys_init = jnp.stack([k[0] for k in keys])
+        self.keys_dropout = jnp.stack([k[1] for k in keys])
+        self.masks_np = [ds.split(c.seed) for c in configs]  # per member: (train, val, test)
+        self.masks = jnp.asarray(np.stack([np.stack(m) for m in self.masks_np]))  # [M, 3, N]
+        graph = jax.tree.map(jnp.asarray, ds.graph)
+        config = configs[0]
+        self.graph = add_self_loops(graph) if config.model.add_self_loops else graph
+        self.labels = jnp.asarray(ds.labels)
+        model = _model(config, ds.num_classes)
+
+        def init(key_init, key_dropout):
+            return model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
+
+        self.params = jax.jit(jax.vmap(init))(keys_init, self.keys_dropout)
+        tx = _optimizer(config, jax.tree.map(lambda x: x[0], self.params))
+        self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
+        train_step, eval_step = make_steps(model, tx, _loss(config))
+
+        def train_members(params, opt_state, graph, labels, masks, keys, epoch):
+            keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
+            return jax.vmap(train_step, (0, 0, None, None, 0, 0))(params, opt_state, graph, labels, masks[:, 0], keys)
+
+        start = time.perf_counter()
+        self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels, self.masks,
+                                                       self.keys_dropout, 0).compile()
+        self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0))).lower(
+            self.params, self.graph, self.labels, self.masks).compile()
+        self.select = jax.jit(lambda new, old, take: jax.tree.map(
+            lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
+        self.compile_seconds = time.perf_counter() - start
+
+    def train_epoch(self, epoch) -> np.ndarray:
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
+                                                            self.masks, self.keys_dropout, epoch)
+        return np.asarray(loss)
+
+    def predict(self, params) -> list:
+        """Per member, what ``_NodeTask.predict`` returns."""
+        logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
+        probs, losses = np.asarray(jax.nn.softmax(logits, -1)), np.asarray(losses)
+        out = []
+        for m in range(self.num):
+            splits = {split: (self.ds.labels[mask], probs[m][mask], float(loss))
+                      for split, mask, loss in zip(("train", "val", "test"), self.masks_np[m], losses[m])}
+            out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
+        return out
+
+
 class _GraphTask:
     """Graph classification on padded mini-batches (at most three shapes, so three compiles)."""
 
@@ -235,6 +295,102 @@ def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_dup
     return results
 
 
+def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "skip") -> list[dict]:
+    """Train ``config.trainer.num_members`` seeds (``config.seed``, ``config.seed + 1``, ...) of a
+    node-classification run as one vmapped program; early stopping is tracked per member.
+
+    Member ``m`` writes ``<out_dir>/seed_<seed>/`` like a sequential run and is recorded in the
+    journal as the sequential run with its seed (so the two count as the same experiment); members
+    the journal already holds are not trained again. Returns the members' results, in seed order.
+    """
+    config.validate()
+    ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
+    if not isinstance(ds, gdata.NodeDataset) or ds.task != "classification":
+        raise ValueError(f"trainer.vmap=seeds: {config.dataset.name!r} is not a node-classification dataset; "
+                         "vmapped grids exist for node classification only")
+    trainer = dataclasses.replace(config.trainer, vmap="none", num_members=1)
+    members = [dataclasses.replace(config, seed=config.seed + m, trainer=trainer)
+               for m in range(config.trainer.num_members)]
+    out = pathlib.Path(out_dir)
+    results, todo = {}, []
+    for member in members:
+        member_dir = out / f"seed_{member.seed}"
+        member_dir.mkdir(parents=True, exist_ok=True)
+        run_id = None
+        if journal is not None:
+            decision = journal.begin(member.to_dict(), ds.fingerprint, on_duplicate=on_duplicate,
+                                     hypothesis=member.hypothesis, device=str(jax.devices()[0]), run_dir=member_dir)
+            if decision.message:
+                print(decision.message, flush=True)
+            if not decision.run:
+                results[member.seed] = {**(decision.earlier["results"] or {}),
+                                        "journal/duplicate_of": decision.earlier["id"]}
+                continue
+            run_id = decision.run_id
+        todo.append((member, member_dir, run_id))
+    if todo:
+        try:
+            trained = _train_grid([m for m, _, _ in todo], ds, [d for _, d, _ in todo],
+                                  heartbeat=lambda: [journal.heartbeat(r) for _, _, r in todo] if journal else None)
+        except BaseException:
+            for _, _, run_id in todo:
+                if run_id is not None:
+                    journal.fail(run_id, traceback.format_exc())
+            raise
+        for (member, _, run_id), member_results in zip(todo, trained):
+            if run_id is not None:
+                member_results["journal/run_id"] = run_id
+                journal.finish(run_id, member_results)
+            results[member.seed] = member_results
+    return [results[m.seed] for m in members]
+
+
+def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
+    config = members[0]
+    for member, out in zip(members, out_dirs):
+        (out / "config.json").write_text(json.dumps(member.to_dict(), indent=2))
+        (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    grid = _NodeGrid(members, ds)
+    trackers = [_EarlyStopping(config.trainer.patience, None) for _ in members]
+    best_params = grid.params
+    jsonls = [JsonlWriter(out / "metrics.jsonl") for out in out_dirs]
+    epoch_times = []
+    bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress,
+               desc=f"{config.dataset.name} x{len(members)}")
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            train_losses = grid.train_epoch(epoch)
+            predictions = grid.predict(grid.params)
+            epoch_times.append(time.perf_counter() - t0)
+            take = np.zeros(len(members), bool)
+            for m, ((splits, alphas), tracker) in enumerate(zip(predictions, trackers)):
+                if tracker.stopped:
+                    continue
+                row = _epoch_row(float(train_losses[m]), splits, alphas, epoch_times[-1])
+                jsonls[m].log(epoch, row)
+                take[m] = tracker.update(epoch, row["val/accuracy"], row["val/loss"], alphas)
+            if take.any():
+                best_params = grid.select(grid.params, best_params, jnp.asarray(take))
+            heartbeat()
+            bar.set_postfix(running=sum(not t.stopped for t in trackers))
+            if all(t.stopped for t in trackers):
+                break
+    finally:
+        bar.close()
+        for jsonl in jsonls:
+            jsonl.close()
+
+    # Each member's test set is evaluated once, with its best validation epoch's parameters.
+    out = []
+    for member, tracker, (splits, _), out_dir in zip(members, trackers, grid.predict(best_params), out_dirs):
+        results = _results(member, ds, tracker, splits, grid.compile_seconds, float(np.median(epoch_times)))
+        results["grid_members"] = len(members)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        out.append(results)
+    return out
+
+
 def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
@@ -244,8 +400,8 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
 
     jsonl = JsonlWriter(out / "metrics.jsonl")
     writers = [jsonl, *writers]
-    best = dict(epoch=-1, val_acc=-1.0, val_loss=np.inf, params=task.params, alphas={})
-    since_improvement, epoch_times = 0, []
+    tracker = _EarlyStopping(config.trainer.patience, task.params)
+    epoch_times = []
     bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=config.dataset.name)
     try:
         for epoch in bar:
@@ -253,33 +409,65 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
             train_loss = task.train_epoch(epoch)
             splits, alphas = task.predict(task.params)
             epoch_times.append(time.perf_counter() - t0)
-            val_labels, val_probs, val_loss = splits["val"]
-            val_acc = metrics.accuracy(val_labels, val_probs.argmax(-1))
-            row = {"train/loss": train_loss, "val/loss": val_loss, "val/accuracy": val_acc,
-                   "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
-                   "seconds": epoch_times[-1], "alphas": alphas}
+            row = _epoch_row(train_loss, splits, alphas, epoch_times[-1])
             for writer in writers:
                 writer.log(epoch, row)
             heartbeat()
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
-            improved_acc, improved_loss = val_acc > best["val_acc"], val_loss < best["val_loss"]
-            if improved_acc or (val_acc == best["val_acc"] and improved_loss):
-                best.update(epoch=epoch, params=task.params, alphas=alphas)
-            if improved_acc or improved_loss:
-                best["val_acc"], best["val_loss"] = max(val_acc, best["val_acc"]), min(val_loss, best["val_loss"])
-                since_improvement = 0
-            else:
-                since_improvement += 1
-                if since_improvement >= config.trainer.patience:
-                    break
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row['val/accuracy']:.3f}")
+            if tracker.update(epoch, row["val/accuracy"], row["val/loss"], alphas):
+                tracker.best_params = task.params
+            if tracker.stopped:
+                break
     finally:
         bar.close()
         jsonl.close()
 
     # The test set is evaluated once, with the parameters of the best validation epoch.
-    splits, _ = task.predict(best["params"])
-    results = {"best_epoch": best["epoch"], "epochs": epoch + 1, "alphas": best["alphas"],
-               "compile_seconds": task.compile_seconds, "seconds_per_epoch": float(np.median(epoch_times)),
+    splits, _ = task.predict(tracker.best_params)
+    results = _results(config, ds, tracker, splits, task.compile_seconds, float(np.median(epoch_times)))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+class _EarlyStopping:
+    """The GAT paper's rule: stop when neither the validation accuracy nor the validation loss
+    improved for ``patience`` epochs; the best epoch is the one with the highest validation
+    accuracy (ties broken by the lower loss)."""
+
+    def __init__(self, patience: int, params):
+        self.patience, self.best_params = patience, params
+        self.epoch, self.val_acc, self.val_loss, self.alphas = -1, -1.0, np.inf, {}
+        self.since_improvement, self.stopped, self.epochs = 0, False, 0
+
+    def update(self, epoch, val_acc, val_loss, alphas) -> bool:
+        """Record one epoch; True when it is the new best (the caller keeps its parameters)."""
+        if self.stopped:
+            return False
+        self.epochs = epoch + 1
+        improved_acc, improved_loss = val_acc > self.val_acc, val_loss < self.val_loss
+        new_best = improved_acc or (val_acc == self.val_acc and improved_loss)
+        if new_best:
+            self.epoch, self.alphas = epoch, alphas
+        if improved_acc or improved_loss:
+            self.val_acc, self.val_loss = max(val_acc, self.val_acc), min(val_loss, self.val_loss)
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+            self.stopped = self.since_improvement >= self.patience
+        return new_best
+
+
+def _epoch_row(train_loss, splits, alphas, seconds) -> dict:
+    val_labels, val_probs, val_loss = splits["val"]
+    return {"train/loss": train_loss, "val/loss": val_loss,
+            "val/accuracy": metrics.accuracy(val_labels, val_probs.argmax(-1)),
+            "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
+            "seconds": seconds, "alphas": alphas}
+
+
+def _results(config: Config, ds, tracker: _EarlyStopping, splits, compile_seconds, seconds_per_epoch) -> dict:
+    results = {"best_epoch": tracker.epoch, "epochs": tracker.epochs, "alphas": tracker.alphas,
+               "compile_seconds": compile_seconds, "seconds_per_epoch": seconds_per_epoch,
                "device": str(jax.devices()[0])}
     for split, (labels, probs, _) in splits.items():
         scores = probs[:, 1] if ds.num_classes == 2 else None
@@ -291,7 +479,6 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
         name: metrics.summary(test_labels, pred, ds.num_classes, probs[:, 1] if ds.num_classes == 2 else None)
         for name, (pred, probs) in metrics.trivial_baselines(splits["train"][0], test_labels, ds.num_classes,
                                                              config.seed).items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
