@@ -28,8 +28,8 @@ def column_label(config: dict, column: str) -> str:
             return pool["name"]
         return f"{pool['name']} learned" if pool["learn"] else f"{pool['name']} α={pool['alpha']:g}"
     if column == "readout":
-        readout, pool = config["model"]["readout"], config["pool"]
-        return f"{readout} learned" if readout in ("ga", "log_ga") and pool["learn"] else readout
+        readout = config["model"]["readout"]
+        return f"{readout} learned" if readout in ("ga", "log_ga") else readout  # GraphGAT learns its readout alpha
     if column == "loss":
         loss = config.get("loss", {"name": "ce"})
         return f"ga α={loss['alpha']:g}" if loss["name"] == "ga" else loss["name"]
