@@ -32,6 +32,8 @@ import socket
 
 from omegaconf import DictConfig, OmegaConf
 
+from gaflax.journal import pid_alive
+
 KINDS = ("float", "int", "categorical")
 
 
@@ -75,19 +77,9 @@ def _fail_orphans(study):
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and pid is not None and not _alive(pid):
+        if t.user_attrs.get("host") == host and pid is not None and not pid_alive(pid):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             print(f"search: trial {t.number} was left running by a dead process; marked failed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_study(cfg: DictConfig, task_overrides: list[str], out_dir: pathlib.Path, train_one) -> float:

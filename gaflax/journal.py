@@ -116,7 +116,8 @@ def experiment_key(config: dict, data_fingerprint: dict, code: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -207,7 +208,7 @@ class Journal:
 
     def _crashed(self, row, host, now) -> bool:
         if row["host"] == host:
-            return not _pid_alive(row["pid"])
+            return not pid_alive(row["pid"])
         return now - row["heartbeat_at"] > self.stale_after
 
     def heartbeat(self, run_id: int):
