@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.loggers import make_writers
 from gaflax.config import Config
-from gaflax.journal import ON_DUPLICATE, Journal
+from gaflax.journal import Journal
 from gaflax.train import train_and_evaluate, train_seed_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
@@ -88,8 +88,6 @@ def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
 def _journal(settings) -> Journal | None:
     if not settings.get("enabled", True):
         return None
-    if settings.get("on_duplicate") not in ON_DUPLICATE:
-        raise ValueError(f"config: journal.on_duplicate={settings.get('on_duplicate')!r} must be one of {ON_DUPLICATE}")
     return Journal(pathlib.Path(str(settings["path"])).expanduser())
 
 

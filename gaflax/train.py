@@ -108,6 +108,12 @@ def _loss(config: Config):
     return losses.make_loss(c.name, gamma=c.gamma, alpha=c.alpha, per_class=c.per_class)
 
 
+def _node_inputs(config: Config, ds):
+    """The node dataset's graph (with self-loops if the model wants them) and labels, on device."""
+    graph = jax.tree.map(jnp.asarray, ds.graph)
+    return add_self_loops(graph) if config.model.add_self_loops else graph, jnp.asarray(ds.labels)
+
+
 class _NodeTask:
     """Full-batch node classification: one graph, fixed shapes, AOT-compiled steps."""
 
@@ -115,9 +121,7 @@ class _NodeTask:
         self.ds, self.key_dropout = ds, key_dropout
         self.masks_np = ds.split(config.seed)
         self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
-        graph = jax.tree.map(jnp.asarray, ds.graph)
-        self.graph = add_self_loops(graph) if config.model.add_self_loops else graph
-        self.labels = jnp.asarray(ds.labels)
+        self.graph, self.labels = _node_inputs(config, ds)
         model = _model(config, ds.num_classes)
         self.params = model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
         tx = _optimizer(config, self.params)
@@ -158,10 +162,8 @@ class _NodeGrid:
         self.keys_dropout = jnp.stack([k[1] for k in keys])
         self.masks_np = [ds.split(c.seed) for c in configs]  # per member: (train, val, test)
         self.masks = jnp.asarray(np.stack([np.stack(m) for m in self.masks_np]))  # [M, 3, N]
-        graph = jax.tree.map(jnp.asarray, ds.graph)
         config = configs[0]
-        self.graph = add_self_loops(graph) if config.model.add_self_loops else graph
-        self.labels = jnp.asarray(ds.labels)
+        self.graph, self.labels = _node_inputs(config, ds)
         model = _model(config, ds.num_classes)
 
         def init(key_init, key_dropout):
@@ -276,23 +278,32 @@ def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_dup
     if journal is None:
         return _train(config, ds, out, writers, heartbeat=lambda: None)
 
+    run_id, earlier = _claim(journal, config, ds, out, on_duplicate)
+    if earlier is not None:
+        return earlier
+    try:
+        results = _train(config, ds, out, writers, heartbeat=lambda: journal.heartbeat(run_id))
+    except BaseException:
+        journal.fail(run_id, traceback.format_exc())
+        raise
+    results["journal/run_id"] = run_id
+    journal.finish(run_id, results)
+    return results
+
+
+def _claim(journal, config: Config, ds, out: pathlib.Path, on_duplicate: str):
+    """Ask the journal whether to train ``config``: ``(run_id, None)`` to train, or ``(None,
+    earlier results)`` when it skips (a pointer to the earlier run goes to ``duplicate_of.json``)."""
     decision = journal.begin(config.to_dict(), ds.fingerprint, on_duplicate=on_duplicate,
                              hypothesis=config.hypothesis, device=str(jax.devices()[0]), run_dir=out)
     if decision.message:
         print(decision.message, flush=True)
-    if not decision.run:
-        earlier = decision.earlier
-        (out / "duplicate_of.json").write_text(json.dumps({"journal": str(journal.path), "run_id": earlier["id"],
-                                                           "run_dir": earlier["run_dir"]}, indent=2))
-        return {**(earlier["results"] or {}), "journal/duplicate_of": earlier["id"]}
-    try:
-        results = _train(config, ds, out, writers, heartbeat=lambda: journal.heartbeat(decision.run_id))
-    except BaseException:
-        journal.fail(decision.run_id, traceback.format_exc())
-        raise
-    results["journal/run_id"] = decision.run_id
-    journal.finish(decision.run_id, results)
-    return results
+    if decision.run:
+        return decision.run_id, None
+    earlier = decision.earlier
+    (out / "duplicate_of.json").write_text(json.dumps({"journal": str(journal.path), "run_id": earlier["id"],
+                                                       "run_dir": earlier["run_dir"]}, indent=2))
+    return None, {**(earlier["results"] or {}), "journal/duplicate_of": earlier["id"]}
 
 
 def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "skip") -> list[dict]:
@@ -316,18 +327,11 @@ def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "
     for member in members:
         member_dir = out / f"seed_{member.seed}"
         member_dir.mkdir(parents=True, exist_ok=True)
-        run_id = None
-        if journal is not None:
-            decision = journal.begin(member.to_dict(), ds.fingerprint, on_duplicate=on_duplicate,
-                                     hypothesis=member.hypothesis, device=str(jax.devices()[0]), run_dir=member_dir)
-            if decision.message:
-                print(decision.message, flush=True)
-            if not decision.run:
-                results[member.seed] = {**(decision.earlier["results"] or {}),
-                                        "journal/duplicate_of": decision.earlier["id"]}
-                continue
-            run_id = decision.run_id
-        todo.append((member, member_dir, run_id))
+        run_id, earlier = _claim(journal, member, ds, member_dir, on_duplicate) if journal else (None, None)
+        if earlier is not None:
+            results[member.seed] = earlier
+        else:
+            todo.append((member, member_dir, run_id))
     if todo:
         try:
             trained = _train_grid([m for m, _, _ in todo], ds, [d for _, d, _ in todo],
@@ -346,12 +350,11 @@ def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "
 
 
 def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
-    config = members[0]
+    config, installed = members[0], versions()
     for member, out in zip(members, out_dirs):
-        (out / "config.json").write_text(json.dumps(member.to_dict(), indent=2))
-        (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+        _write_run_files(out, member, installed)
     grid = _NodeGrid(members, ds)
-    trackers = [_EarlyStopping(config.trainer.patience, None) for _ in members]
+    trackers = [_EarlyStopping(config.trainer.patience) for _ in members]
     best_params = grid.params
     jsonls = [JsonlWriter(out / "metrics.jsonl") for out in out_dirs]
     epoch_times = []
@@ -391,16 +394,20 @@ def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
     return out
 
 
-def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
+def _write_run_files(out: pathlib.Path, config: Config, installed: dict):
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    (out / "versions.json").write_text(json.dumps(installed, indent=2))
+
+
+def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
+    _write_run_files(out, config, versions())
     key_init, key_dropout, _ = jax.random.split(jax.random.key(config.seed), 3)
     task_cls = _NodeTask if isinstance(ds, gdata.NodeDataset) else _GraphTask
     task = task_cls(config, ds, key_init, key_dropout)
 
     jsonl = JsonlWriter(out / "metrics.jsonl")
     writers = [jsonl, *writers]
-    tracker = _EarlyStopping(config.trainer.patience, task.params)
+    tracker, best_params = _EarlyStopping(config.trainer.patience), task.params
     epoch_times = []
     bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=config.dataset.name)
     try:
@@ -415,7 +422,7 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
             heartbeat()
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row['val/accuracy']:.3f}")
             if tracker.update(epoch, row["val/accuracy"], row["val/loss"], alphas):
-                tracker.best_params = task.params
+                best_params = task.params
             if tracker.stopped:
                 break
     finally:
@@ -423,7 +430,7 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
         jsonl.close()
 
     # The test set is evaluated once, with the parameters of the best validation epoch.
-    splits, _ = task.predict(tracker.best_params)
+    splits, _ = task.predict(best_params)
     results = _results(config, ds, tracker, splits, task.compile_seconds, float(np.median(epoch_times)))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -434,8 +441,8 @@ class _EarlyStopping:
     improved for ``patience`` epochs; the best epoch is the one with the highest validation
     accuracy (ties broken by the lower loss)."""
 
-    def __init__(self, patience: int, params):
-        self.patience, self.best_params = patience, params
+    def __init__(self, patience: int):
+        self.patience = patience
         self.epoch, self.val_acc, self.val_loss, self.alphas = -1, -1.0, np.inf, {}
         self.since_improvement, self.stopped, self.epochs = 0, False, 0
 
