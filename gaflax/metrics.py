@@ -150,6 +150,37 @@ def fbeta_weights(beta: float):
     return (1 / (1 + b2), b2 / (1 + b2))
 
 
+def pr_curve(y_true, scores, *, zero_division=0.0):
+    """Precision and recall of "positive if score >= t" at every distinct score t, from the
+    highest threshold down. Returns ``(precision, recall, thresholds)`` as float64 arrays; the
+    first point predicts only the top-scored tie group positive, the last predicts everything
+    positive. Recall is ``zero_division`` when ``y_true`` has no positives."""
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    if y_true.shape != scores.shape or y_true.ndim != 1 or not len(y_true):
+        raise ValueError(f"pr_curve: y_true and scores must be non-empty 1-D arrays of equal "
+                         f"length; got shapes {y_true.shape} and {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("pr_curve: scores hold NaN or Inf")
+    order = np.argsort(-scores, kind="mergesort")
+    s, t = scores[order], y_true[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # predicting the first k+1 positive
+    tp = np.cumsum(t)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / t.sum() if t.sum() else np.full(len(tp), float(zero_division))
+    return precision, recall, s[last_of_tie]
+
+
+def average_precision(y_true, scores) -> float:
+    """Area under the precision-recall curve as the step sum ``sum_n (R_n - R_{n-1}) P_n`` (as
+    scikit-learn's ``average_precision_score``); NaN when ``y_true`` has no positives."""
+    y_true = np.asarray(y_true).astype(bool)
+    if not y_true.any():
+        return float("nan")
+    precision, recall, _ = pr_curve(y_true, scores)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def select_threshold(y_true, scores, **score_kwargs):
     """The decision threshold that maximises ``ga_score(over="precision_recall", ...)``.
 
@@ -159,24 +190,12 @@ def select_threshold(y_true, scores, **score_kwargs):
     if score_kwargs.get("over", "precision_recall") != "precision_recall":
         raise ValueError("select_threshold: only over='precision_recall' depends on a threshold")
     score_kwargs.pop("over", None)
-    zero_division = score_kwargs.pop("zero_division", 0.0)
-    y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, np.float64)
-    if y_true.shape != scores.shape or y_true.ndim != 1 or not len(y_true):
-        raise ValueError(f"select_threshold: y_true and scores must be non-empty 1-D arrays of equal "
-                         f"length; got shapes {y_true.shape} and {scores.shape}")
-    order = np.argsort(-scores, kind="mergesort")
-    s, t = scores[order], y_true[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # predicting the first k+1 positive
-    tp = np.cumsum(t)[last_of_tie]
-    predicted = last_of_tie + 1
-    precision = np.where(predicted > 0, tp / predicted, zero_division)
-    recall = tp / t.sum() if t.sum() else np.full(len(tp), zero_division)
+    precision, recall, thresholds = pr_curve(y_true, scores, zero_division=score_kwargs.pop("zero_division", 0.0))
     values = ga(jnp.asarray(np.stack([precision, recall], -1), jnp.float32), score_kwargs.pop("p", None),
                 **score_kwargs)
     values = np.asarray(values)
     best = int(np.flatnonzero(values == values.max())[0])
-    return float(s[last_of_tie[best]]), float(values[best])
+    return float(thresholds[best]), float(values[best])
 
 
 def trivial_baselines(y_train, y_test, num_classes: int, seed: int = 0) -> dict:
@@ -204,7 +223,7 @@ def trivial_baselines(y_train, y_test, num_classes: int, seed: int = 0) -> dict:
 def summary(y_true, y_pred, num_classes: int, scores=None) -> dict:
     """The metrics a run reports: accuracy, macro-F1 and balanced accuracy; for binary tasks also
     precision, recall, F1, the false-positive and false-negative counts and (given positive-class
-    ``scores``, when both classes occur) ROC-AUC."""
+    ``scores``, when both classes occur) ROC-AUC and average precision."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     out = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, num_classes)}
     if len(y_true):
@@ -215,7 +234,7 @@ def summary(y_true, y_pred, num_classes: int, scores=None) -> dict:
         out.update(precision=float(precision), recall=float(recall),
                    f1=float(ga_score(y_true, y_pred, p=-1.0)), fp=counts["fp"], fn=counts["fn"])
         if scores is not None:
-            auc = roc_auc(y_true, scores)
+            auc, ap = roc_auc(y_true, scores), average_precision(y_true, scores)
             if np.isfinite(auc):
-                out["roc_auc"] = auc
+                out["roc_auc"], out["average_precision"] = auc, ap
     return out

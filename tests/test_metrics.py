@@ -175,3 +175,24 @@ def test_ga_score_is_monotone_in_alpha(alpha):
 def test_every_case_is_finite():
     for (y_true, y_pred), alpha, zd in itertools.product(BINARY, (-1.0, -0.5, 0.0, 0.5, 1.0), (0.0, 1.0)):
         assert np.isfinite(float(metrics.ga_score(y_true, y_pred, alpha=alpha, zero_division=zd)))
+
+
+def test_average_precision_and_pr_curve_match_sklearn():
+    rng = np.random.default_rng(5)
+    for n, rate in [(200, 0.05), (500, 0.3), (50, 0.5)]:
+        y_true = (rng.random(n) < rate).astype(int)
+        y_true[0] = 1
+        scores = np.round(rng.random(n) + 0.4 * y_true, 2)  # with ties
+        assert metrics.average_precision(y_true, scores) == pytest.approx(
+            sk.average_precision_score(y_true, scores), abs=1e-12)
+        precision, recall, thresholds = metrics.pr_curve(y_true, scores)
+        sk_p, sk_r, sk_t = sk.precision_recall_curve(y_true, scores)
+        # sklearn lists increasing thresholds and appends the point (recall 0, precision 1).
+        np.testing.assert_allclose(thresholds, sk_t[::-1])
+        np.testing.assert_allclose(precision, sk_p[:-1][::-1])
+        np.testing.assert_allclose(recall, sk_r[:-1][::-1])
+    assert np.isnan(metrics.average_precision([0, 0, 0], [0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        metrics.pr_curve([0, 1], [0.1, np.nan])
+    summary = metrics.summary([0, 1, 1, 0], [0, 1, 0, 0], 2, scores=[0.1, 0.9, 0.4, 0.3])
+    assert summary["average_precision"] == pytest.approx(1.0) and summary["roc_auc"] == pytest.approx(1.0)
