@@ -205,6 +205,22 @@ class GraphGAT(nn.Module):
         return nn.Dense(self.num_classes)(pooled)
 
 
+class MLP(nn.Module):
+    """A small classifier for tabular rows: ``num_layers`` hidden Dense layers of ``hidden`` units
+    (ELU, then dropout), then ``num_classes`` logits. ``x`` is the feature matrix ``[n, F]``."""
+
+    num_classes: int
+    hidden: int = 64
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
+        for _ in range(self.num_layers):
+            x = Dropout(self.dropout)(nn.elu(nn.Dense(self.hidden)(x)), deterministic=deterministic)
+        return nn.Dense(self.num_classes)(x)
+
+
 def alphas_from_intermediates(intermediates) -> dict:
     """{'gat_0': alpha, 'readout_alpha': alpha, ...} (nested lists) for every exponent a model
     ``sow``ed during apply: layer exponents are named by their layer."""
