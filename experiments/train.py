@@ -61,7 +61,7 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
         for writer in writers:
             writer.close()  # always: multirun jobs in one process must not merge their W&B runs
     summary = {k: v for k, v in results.items() if k not in ("alphas", "baselines")}
-    print(f"{config.dataset.name} / {config.pool.name}: " + json.dumps(summary, default=float))
+    print(f"{config.dataset.name} / {_model_name(config)}: " + json.dumps(summary, default=float))
     if results.get("alphas"):
         print("alphas (at the best epoch): " + json.dumps(results["alphas"]))
     if results.get("baselines"):
@@ -78,11 +78,15 @@ def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
     members = train_seed_grid(config, out_dir, journal=journal, on_duplicate=on_duplicate)
     for seed, results in enumerate(members, start=config.seed):
         brief = {k: results.get(k) for k in ("best_epoch", "val/accuracy", "test/accuracy")}
-        print(f"{config.dataset.name} / {config.pool.name} / seed {seed}: " + json.dumps(brief))
+        print(f"{config.dataset.name} / {_model_name(config)} / seed {seed}: " + json.dumps(brief))
     values = [r[cfg.objective] for r in members if cfg.objective in r]
     mean = float(sum(values) / len(values)) if values else float("nan")
     print(f"{cfg.objective}: mean {mean:.4f} over {len(values)} members; run directory: {out_dir}")
     return {"members": members, cfg.objective: mean}
+
+
+def _model_name(config: Config) -> str:
+    return config.pool.name if config.model.name == "gat" else config.model.name
 
 
 def _journal(settings) -> Journal | None:

@@ -23,7 +23,7 @@ class DatasetConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    name: str = "gat"
+    name: str = "gat"  # "gat" for graphs; "mlp" for tabular data (uses hidden, num_layers, dropout)
     hidden: int = 8
     heads: int = 8
     out_heads: int = 1
@@ -69,6 +69,29 @@ class TrainerConfig:
     fold: int = 0  # graph classification: which of the 10 outer folds is the test set
     vmap: str = "none"  # "seeds": train num_members seeds (seed, seed + 1, ...) as one vmapped program
     num_members: int = 1
+    # Early stopping and the best epoch follow this validation metric (and the validation loss):
+    # accuracy (the GAT paper), loss, or for binary tasks roc_auc / average_precision.
+    monitor: str = "accuracy"
+    # Imbalance: "balanced" draws a class-balanced subset of the training nodes each epoch (node
+    # classification); random_over / random_under / smote / tomek resample tabular training rows.
+    resample: str = "none"
+    evaluate_test: bool = True  # false while tuning: the test set is then never touched
+
+
+@dataclasses.dataclass
+class DecisionConfig:
+    """How a binary classifier turns scores into decisions, and the GA score it reports.
+
+    ``{split}/ga_score`` is the GA, at exponent ``p``, of (precision, recall) with weights
+    (precision_weight, 1 - precision_weight): p = -1 with 0.5 is F1, p = 0 the Fowlkes-Mallows
+    index, p = -inf min(P, R); a precision weight above 0.5 makes false positives cost more.
+    ``threshold: tuned`` picks the threshold that maximises that score on the validation set and
+    applies it to every split; ``argmax`` predicts the most probable class.
+    """
+
+    threshold: str = "argmax"
+    p: float = -1.0
+    precision_weight: float = 0.5
 
 
 @dataclasses.dataclass
@@ -77,6 +100,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    decision: DecisionConfig = dataclasses.field(default_factory=DecisionConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     seed: int = 0
@@ -121,12 +145,18 @@ class Config:
         check(self.loss.name in losses.LOSSES, f"loss.name={self.loss.name!r} is not one of {losses.LOSSES}")
         check(self.loss.gamma >= 0, f"loss.gamma={self.loss.gamma} must be >= 0")
         check(-1 <= self.loss.alpha <= 1, f"loss.alpha={self.loss.alpha} must lie in [-1, 1]")
-        check(m.name == "gat", f"model.name={m.name!r}: only 'gat' exists so far")
+        check(m.name in MODELS, f"model.name={m.name!r} is not one of {MODELS}")
         check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
         check(t.vmap in ("none", "seeds"), f"trainer.vmap={t.vmap!r} must be 'none' or 'seeds'")
         check(t.num_members >= 1, f"trainer.num_members={t.num_members} must be >= 1")
         check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
+        check(t.monitor in MONITORS, f"trainer.monitor={t.monitor!r} must be one of {MONITORS}")
+        check(t.resample in RESAMPLE, f"trainer.resample={t.resample!r} must be one of {RESAMPLE}")
+        d = self.decision
+        check(d.threshold in ("argmax", "tuned"), f"decision.threshold={d.threshold!r} must be 'argmax' or 'tuned'")
+        check(0 < d.precision_weight < 1, f"decision.precision_weight={d.precision_weight} must lie in (0, 1)")
+        check(d.p == d.p, "decision.p must be a number (-inf and inf are allowed)")
         for name in ("dropout", "attention_dropout"):
             value = getattr(m, name)
             check(0 <= value < 1, f"model.{name}={value} must lie in [0, 1)")
@@ -139,5 +169,8 @@ class Config:
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r} must be a non-negative int")
 
 
+MODELS = ("gat", "mlp")
+MONITORS = ("accuracy", "loss", "roc_auc", "average_precision")
+RESAMPLE = ("none", "balanced", "random_over", "random_under", "smote", "tomek")
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "pool": PoolConfig, "loss": LossConfig,
-            "optimizer": OptimizerConfig, "trainer": TrainerConfig}
+            "decision": DecisionConfig, "optimizer": OptimizerConfig, "trainer": TrainerConfig}

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from gaflax import data as gdata
 from gaflax import losses, metrics
 from gaflax.config import Config
-from gaflax.models import GAT, GraphGAT, add_self_loops, alphas_from_intermediates
+from gaflax.models import GAT, MLP, GraphGAT, add_self_loops, alphas_from_intermediates
 
 
 class JsonlWriter:
@@ -65,8 +65,10 @@ def _layer_kwargs(config: Config) -> dict:
                 alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout, attention_dropout=m.attention_dropout)
 
 
-def _model(config: Config, num_classes: int) -> GAT:
+def _model(config: Config, num_classes: int):
     m = config.model
+    if m.name == "mlp":
+        return MLP(num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout)
     return GAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, out_heads=m.out_heads,
                num_layers=m.num_layers, layer=_layer_kwargs(config))
 
@@ -114,33 +116,55 @@ def _node_inputs(config: Config, ds):
     return add_self_loops(graph) if config.model.add_self_loops else graph, jnp.asarray(ds.labels)
 
 
-class _NodeTask:
-    """Full-batch node classification: one graph, fixed shapes, AOT-compiled steps."""
+def _tabular_inputs(config: Config, ds, train_mask):
+    """Features standardised with the training rows' statistics, and the (resampled) training rows."""
+    train_x = ds.features[train_mask]
+    mean, std = train_x.mean(0), train_x.std(0)
+    x = ((ds.features - mean) / np.where(std > 0, std, 1)).astype(np.float32)
+    x_train, y_train = gdata.resample(x[train_mask], ds.labels[train_mask], config.trainer.resample, config.seed)
+    return jnp.asarray(x), jnp.asarray(ds.labels), jnp.asarray(x_train), jnp.asarray(y_train)
+
+
+class _FullBatchTask:
+    """Full-batch classification with fixed shapes and AOT-compiled steps: the nodes of one graph
+    (the inputs are the graph) or the rows of a table (the inputs are the standardised features;
+    the training rows may be resampled, so training gets its own inputs)."""
 
     def __init__(self, config: Config, ds, key_init, key_dropout):
-        self.ds, self.key_dropout = ds, key_dropout
+        self.ds, self.key_dropout, self.seed = ds, key_dropout, config.seed
         self.masks_np = ds.split(config.seed)
         self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
-        self.graph, self.labels = _node_inputs(config, ds)
+        self.balanced = config.trainer.resample == "balanced"
+        if isinstance(ds, gdata.TabularDataset):
+            self.inputs, self.labels, self.train_inputs, self.train_labels = _tabular_inputs(config, ds, self.masks_np[0])
+            self.train_mask = jnp.ones(self.train_labels.shape, bool)  # every (resampled) training row
+        else:
+            self.inputs, self.labels = _node_inputs(config, ds)
+            self.train_inputs, self.train_labels, self.train_mask = self.inputs, self.labels, self.masks[0]
         model = _model(config, ds.num_classes)
-        self.params = model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
+        self.params = model.init({"params": key_init, "dropout": key_dropout}, self.inputs, deterministic=True)["params"]
         tx = _optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
         train_step, eval_step = make_steps(model, tx, _loss(config))
         start = time.perf_counter()
-        self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.graph, self.labels,
-                                                    self.masks[0], key_dropout).compile()
-        self.eval_step = jax.jit(eval_step).lower(self.params, self.graph, self.labels, self.masks).compile()
+        self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.train_inputs, self.train_labels,
+                                                    self.train_mask, key_dropout).compile()
+        self.eval_step = jax.jit(eval_step).lower(self.params, self.inputs, self.labels, self.masks).compile()
         self.compile_seconds = time.perf_counter() - start
 
     def train_epoch(self, epoch):
-        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
-                                                            self.masks[0], jax.random.fold_in(self.key_dropout, epoch))
+        mask = self.train_mask
+        if self.balanced:  # a fresh class-balanced subset of the training nodes
+            mask = jnp.asarray(gdata.balanced_node_mask(self.masks_np[0], self.ds.labels,
+                                                        np.random.default_rng([self.seed, epoch])))
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.train_inputs,
+                                                            self.train_labels, mask,
+                                                            jax.random.fold_in(self.key_dropout, epoch))
         return float(loss)
 
     def predict(self, params):
         """{split: (labels, class probabilities, mean loss)} and the alphas, for train / val / test."""
-        logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
+        logits, losses, intermediates = self.eval_step(params, self.inputs, self.labels, self.masks)
         probs = np.asarray(jax.nn.softmax(logits, -1))
         out = {split: (self.ds.labels[m], probs[m], float(loss))
                for split, m, loss in zip(("train", "val", "test"), self.masks_np, np.asarray(losses))}
@@ -157,6 +181,7 @@ class _NodeGrid:
 
     def __init__(self, configs: list[Config], ds):
         self.ds, self.num = ds, len(configs)
+        self.seeds, self.balanced = [c.seed for c in configs], configs[0].trainer.resample == "balanced"
         keys = [jax.random.split(jax.random.key(c.seed), 3) for c in configs]
         keys_init = jnp.stack([k[0] for k in keys])
         self.keys_dropout = jnp.stack([k[1] for k in keys])
@@ -174,13 +199,13 @@ class _NodeGrid:
         self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
         train_step, eval_step = make_steps(model, tx, _loss(config))
 
-        def train_members(params, opt_state, graph, labels, masks, keys, epoch):
+        def train_members(params, opt_state, graph, labels, train_masks, keys, epoch):
             keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
-            return jax.vmap(train_step, (0, 0, None, None, 0, 0))(params, opt_state, graph, labels, masks[:, 0], keys)
+            return jax.vmap(train_step, (0, 0, None, None, 0, 0))(params, opt_state, graph, labels, train_masks, keys)
 
         start = time.perf_counter()
-        self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels, self.masks,
-                                                       self.keys_dropout, 0).compile()
+        self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels,
+                                                       self.masks[:, 0], self.keys_dropout, 0).compile()
         self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0))).lower(
             self.params, self.graph, self.labels, self.masks).compile()
         self.select = jax.jit(lambda new, old, take: jax.tree.map(
@@ -188,12 +213,17 @@ class _NodeGrid:
         self.compile_seconds = time.perf_counter() - start
 
     def train_epoch(self, epoch) -> np.ndarray:
+        train_masks = self.masks[:, 0]
+        if self.balanced:  # per member, what _FullBatchTask draws for its seed
+            train_masks = jnp.asarray(np.stack([
+                gdata.balanced_node_mask(masks[0], self.ds.labels, np.random.default_rng([seed, epoch]))
+                for masks, seed in zip(self.masks_np, self.seeds)]))
         self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
-                                                            self.masks, self.keys_dropout, epoch)
+                                                            train_masks, self.keys_dropout, epoch)
         return np.asarray(loss)
 
     def predict(self, params) -> list:
-        """Per member, what ``_NodeTask.predict`` returns."""
+        """Per member, what ``_FullBatchTask.predict`` returns."""
         logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
         probs, losses = np.asarray(jax.nn.softmax(logits, -1)), np.asarray(losses)
         out = []
@@ -270,9 +300,7 @@ def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_dup
     """
     config.validate()
     ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
-    if ds.task != "classification":
-        raise ValueError(f"train_and_evaluate: {config.dataset.name!r} is a {ds.task} dataset; "
-                         "only classification is implemented so far")
+    _check_fits(config, ds)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if journal is None:
@@ -289,6 +317,24 @@ def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_dup
     results["journal/run_id"] = run_id
     journal.finish(run_id, results)
     return results
+
+
+def _check_fits(config: Config, ds):
+    """Settings that are valid on their own but not for this kind of data: a clear error, early."""
+    name, t = config.dataset.name, config.trainer
+    if ds.task != "classification":
+        raise ValueError(f"{name!r} is a {ds.task} dataset; only classification is implemented so far")
+    tabular = isinstance(ds, gdata.TabularDataset)
+    kind, model = ("tabular", "mlp") if tabular else ("graph", "gat")
+    if config.model.name != model:
+        raise ValueError(f"model.name={config.model.name!r} does not fit the {kind} dataset {name!r}; use model={model}")
+    allowed = (gdata.RESAMPLERS if tabular else ("none", "balanced") if isinstance(ds, gdata.NodeDataset)
+               else ("none",))
+    if t.resample not in allowed:
+        raise ValueError(f"trainer.resample={t.resample!r} does not fit dataset {name!r}; choose one of {allowed}")
+    if ds.num_classes != 2 and (t.monitor in ("roc_auc", "average_precision") or config.decision.threshold == "tuned"):
+        raise ValueError(f"trainer.monitor={t.monitor!r} / decision.threshold={config.decision.threshold!r}: "
+                         f"{name!r} has {ds.num_classes} classes; these need a binary task")
 
 
 def _claim(journal, config: Config, ds, out: pathlib.Path, on_duplicate: str):
@@ -316,7 +362,8 @@ def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "
     """
     config.validate()
     ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
-    if not isinstance(ds, gdata.NodeDataset) or ds.task != "classification":
+    _check_fits(config, ds)
+    if not isinstance(ds, gdata.NodeDataset):
         raise ValueError(f"trainer.vmap=seeds: {config.dataset.name!r} is not a node-classification dataset; "
                          "vmapped grids exist for node classification only")
     trainer = dataclasses.replace(config.trainer, vmap="none", num_members=1)
@@ -354,7 +401,7 @@ def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
     for member, out in zip(members, out_dirs):
         _write_run_files(out, member, installed)
     grid = _NodeGrid(members, ds)
-    trackers = [_EarlyStopping(config.trainer.patience) for _ in members]
+    trackers = [_EarlyStopping(config.trainer.patience, config.trainer.monitor) for _ in members]
     best_params = grid.params
     jsonls = [JsonlWriter(out / "metrics.jsonl") for out in out_dirs]
     epoch_times = []
@@ -370,9 +417,9 @@ def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
             for m, ((splits, alphas), tracker) in enumerate(zip(predictions, trackers)):
                 if tracker.stopped:
                     continue
-                row = _epoch_row(float(train_losses[m]), splits, alphas, epoch_times[-1])
+                row = _epoch_row(float(train_losses[m]), splits, alphas, epoch_times[-1], config.trainer.monitor)
                 jsonls[m].log(epoch, row)
-                take[m] = tracker.update(epoch, row["val/accuracy"], row["val/loss"], alphas)
+                take[m] = tracker.update(epoch, row, alphas)
             if take.any():
                 best_params = grid.select(grid.params, best_params, jnp.asarray(take))
             heartbeat()
@@ -387,7 +434,7 @@ def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:
     # Each member's test set is evaluated once, with its best validation epoch's parameters.
     out = []
     for member, tracker, (splits, _), out_dir in zip(members, trackers, grid.predict(best_params), out_dirs):
-        results = _results(member, ds, tracker, splits, grid.compile_seconds, float(np.median(epoch_times)))
+        results = _results(member, ds, tracker, splits, grid.compile_seconds, float(np.median(epoch_times)), out_dir)
         results["grid_members"] = len(members)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
         out.append(results)
@@ -402,12 +449,12 @@ def _write_run_files(out: pathlib.Path, config: Config, installed: dict):
 def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
     _write_run_files(out, config, versions())
     key_init, key_dropout, _ = jax.random.split(jax.random.key(config.seed), 3)
-    task_cls = _NodeTask if isinstance(ds, gdata.NodeDataset) else _GraphTask
+    task_cls = _GraphTask if isinstance(ds, gdata.GraphDataset) else _FullBatchTask
     task = task_cls(config, ds, key_init, key_dropout)
 
     jsonl = JsonlWriter(out / "metrics.jsonl")
     writers = [jsonl, *writers]
-    tracker, best_params = _EarlyStopping(config.trainer.patience), task.params
+    tracker, best_params = _EarlyStopping(config.trainer.patience, config.trainer.monitor), task.params
     epoch_times = []
     bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=config.dataset.name)
     try:
@@ -416,12 +463,12 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
             train_loss = task.train_epoch(epoch)
             splits, alphas = task.predict(task.params)
             epoch_times.append(time.perf_counter() - t0)
-            row = _epoch_row(train_loss, splits, alphas, epoch_times[-1])
+            row = _epoch_row(train_loss, splits, alphas, epoch_times[-1], config.trainer.monitor)
             for writer in writers:
                 writer.log(epoch, row)
             heartbeat()
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row['val/accuracy']:.3f}")
-            if tracker.update(epoch, row["val/accuracy"], row["val/loss"], alphas):
+            if tracker.update(epoch, row, alphas):
                 best_params = task.params
             if tracker.stopped:
                 break
@@ -431,32 +478,36 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
 
     # The test set is evaluated once, with the parameters of the best validation epoch.
     splits, _ = task.predict(best_params)
-    results = _results(config, ds, tracker, splits, task.compile_seconds, float(np.median(epoch_times)))
+    results = _results(config, ds, tracker, splits, task.compile_seconds, float(np.median(epoch_times)), out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
 class _EarlyStopping:
-    """The GAT paper's rule: stop when neither the validation accuracy nor the validation loss
-    improved for ``patience`` epochs; the best epoch is the one with the highest validation
-    accuracy (ties broken by the lower loss)."""
+    """The GAT paper's rule, for any monitored validation metric: stop when neither the metric
+    nor the validation loss improved for ``patience`` epochs; the best epoch is the one with the
+    best metric (ties broken by the lower loss). The paper monitors accuracy; ``loss`` monitors
+    the loss alone, and ``roc_auc`` / ``average_precision`` suit imbalanced binary tasks."""
 
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.epoch, self.val_acc, self.val_loss, self.alphas = -1, -1.0, np.inf, {}
+    def __init__(self, patience: int, monitor: str = "accuracy"):
+        self.patience, self.monitor = patience, monitor
+        self.epoch, self.score, self.val_loss, self.alphas = -1, -np.inf, np.inf, {}
         self.since_improvement, self.stopped, self.epochs = 0, False, 0
 
-    def update(self, epoch, val_acc, val_loss, alphas) -> bool:
-        """Record one epoch; True when it is the new best (the caller keeps its parameters)."""
+    def update(self, epoch, row: dict, alphas) -> bool:
+        """Record one epoch's row; True when it is the new best (the caller keeps its parameters)."""
         if self.stopped:
             return False
         self.epochs = epoch + 1
-        improved_acc, improved_loss = val_acc > self.val_acc, val_loss < self.val_loss
-        new_best = improved_acc or (val_acc == self.val_acc and improved_loss)
+        val_loss = row["val/loss"]
+        score = -val_loss if self.monitor == "loss" else row[f"val/{self.monitor}"]
+        score = -np.inf if np.isnan(score) else score  # e.g. ROC-AUC without positives
+        improved_score, improved_loss = score > self.score, val_loss < self.val_loss
+        new_best = improved_score or (score == self.score and improved_loss)
         if new_best:
             self.epoch, self.alphas = epoch, alphas
-        if improved_acc or improved_loss:
-            self.val_acc, self.val_loss = max(val_acc, self.val_acc), min(val_loss, self.val_loss)
+        if improved_score or improved_loss:
+            self.score, self.val_loss = max(score, self.score), min(val_loss, self.val_loss)
             self.since_improvement = 0
         else:
             self.since_improvement += 1
@@ -464,26 +515,58 @@ class _EarlyStopping:
         return new_best
 
 
-def _epoch_row(train_loss, splits, alphas, seconds) -> dict:
+def _epoch_row(train_loss, splits, alphas, seconds, monitor: str = "accuracy") -> dict:
     val_labels, val_probs, val_loss = splits["val"]
-    return {"train/loss": train_loss, "val/loss": val_loss,
-            "val/accuracy": metrics.accuracy(val_labels, val_probs.argmax(-1)),
-            "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
-            "seconds": seconds, "alphas": alphas}
+    row = {"train/loss": train_loss, "val/loss": val_loss,
+           "val/accuracy": metrics.accuracy(val_labels, val_probs.argmax(-1)),
+           "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
+           "seconds": seconds, "alphas": alphas}
+    if monitor in ("roc_auc", "average_precision"):
+        row[f"val/{monitor}"] = getattr(metrics, monitor)(val_labels, val_probs[:, 1])
+    return row
 
 
-def _results(config: Config, ds, tracker: _EarlyStopping, splits, compile_seconds, seconds_per_epoch) -> dict:
+def _decisions(config: Config, ds, splits) -> tuple[dict, float | None]:
+    """Predicted labels per split, and the threshold when ``decision.threshold`` is tuned: the one
+    that maximises the decision's GA score on the validation set, applied to every split."""
+    d = config.decision
+    if ds.num_classes != 2 or d.threshold == "argmax":
+        return {split: probs.argmax(-1) for split, (_, probs, _) in splits.items()}, None
+    val_labels, val_probs, _ = splits["val"]
+    threshold, _ = metrics.select_threshold(val_labels, val_probs[:, 1], p=d.p,
+                                            weights=(d.precision_weight, 1 - d.precision_weight))
+    return {split: (probs[:, 1] >= threshold).astype(np.int32) for split, (_, probs, _) in splits.items()}, threshold
+
+
+def _results(config: Config, ds, tracker: _EarlyStopping, splits, compile_seconds, seconds_per_epoch,
+             out: pathlib.Path) -> dict:
+    if not config.trainer.evaluate_test:
+        splits = {k: v for k, v in splits.items() if k != "test"}
     results = {"best_epoch": tracker.epoch, "epochs": tracker.epochs, "alphas": tracker.alphas,
                "compile_seconds": compile_seconds, "seconds_per_epoch": seconds_per_epoch,
                "device": str(jax.devices()[0])}
+    predicted, threshold = _decisions(config, ds, splits)
+    binary = ds.num_classes == 2
+    if threshold is not None:
+        results["decision/threshold"] = threshold
     for split, (labels, probs, _) in splits.items():
-        scores = probs[:, 1] if ds.num_classes == 2 else None
-        for name, value in metrics.summary(labels, probs.argmax(-1), ds.num_classes, scores).items():
+        scores = probs[:, 1] if binary else None
+        for name, value in metrics.summary(labels, predicted[split], ds.num_classes, scores).items():
             results[f"{split}/{name}"] = value
+        if binary:
+            d = config.decision
+            results[f"{split}/ga_score"] = float(metrics.ga_score(
+                labels, predicted[split], p=d.p, weights=(d.precision_weight, 1 - d.precision_weight)))
+    if binary:  # the positive-class scores at the best epoch, for PR curves
+        np.savez_compressed(out / "predictions.npz", **{
+            f"{split}_{kind}": array for split, (labels, probs, _) in splits.items() if split != "train"
+            for kind, array in (("labels", labels), ("scores", probs[:, 1].astype(np.float32)))})
+    if "test" not in splits:
+        return results
     # The trivial baselines on the same test set: a model should beat all three.
     test_labels = splits["test"][0]
     results["baselines"] = {
-        name: metrics.summary(test_labels, pred, ds.num_classes, probs[:, 1] if ds.num_classes == 2 else None)
+        name: metrics.summary(test_labels, pred, ds.num_classes, probs[:, 1] if binary else None)
         for name, (pred, probs) in metrics.trivial_baselines(splits["train"][0], test_labels, ds.num_classes,
                                                              config.seed).items()}
     return results

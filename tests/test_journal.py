@@ -153,7 +153,7 @@ def test_a_failing_run_is_recorded_as_failed(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(train, "_NodeTask", boom)
+    monkeypatch.setattr(train, "_FullBatchTask", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         train_and_evaluate(config, tmp_path / "a", journal=jr)
     (run,) = jr.runs()
