@@ -82,7 +82,8 @@ def test_every_dataset_and_group_option_composes():
 
     conf = ROOT / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for group in ("dataset", "model", "pool", "loss", "optimizer", "trainer", "logger", "debug", "experiment"):
+        for group in ("dataset", "model", "pool", "loss", "decision", "optimizer", "trainer", "logger", "debug",
+                      "experiment", "hparams_search"):
             for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
                 cfg = compose(config_name="config", overrides=[f"{group}={option}"])
                 to_config(cfg)

@@ -1,0 +1,198 @@
+"""The imbalance study: which tuning objective gives which precision / recall trade-off.
+
+    python -m experiments.imbalance_study --data-root ../shared/data      # the whole study
+    python -m experiments.imbalance_study --datasets keel_yeast4 --objectives f1 f_half --trials 3
+
+For every dataset (the Reddit anomaly graph with a GA-aggregation GAT, and KEEL tabular sets with
+an MLP) and every objective (``conf/decision/``: F1, F-beta 0.5, and GA scores with precision
+weighing 0.75 at p = -1, 0, -4), an Optuna study (``hparams_search=imbalance_<kind>``) tunes the
+loss, the resampling and the model's hyperparameters on the validation split; every trial is
+scored with its decision threshold tuned on validation for the objective. The test split is not touched during the search
+(``trainer.evaluate_test=false``): afterwards the best trial's configuration is trained once more
+with the same seed (training is deterministic, so it reproduces the trial) and evaluated on test,
+once. An untuned reference (the preset's defaults, cross-entropy, argmax) is trained per dataset.
+
+Everything resumes: the Optuna studies live in ``<out>/optuna.sqlite`` and every run in the lab
+journal ``<out>/journal.sqlite``, so an interrupted study picks up where it stopped. Outputs:
+``<out>/table.md`` (Markdown), ``<out>/study.json`` and the PR-curve figure (``--figure``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from experiments.search import run_study
+from experiments.train import train_one
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OBJECTIVES = ("f1", "f_half", "ga_precision_harmonic", "ga_precision_geometric", "ga_precision_strict")
+DATASETS = ("reddit_anomaly", "keel_yeast4", "keel_winequality_red_4", "keel_page_blocks0")
+OBJECTIVE = "study/val_score"  # what the trials report to Optuna (see _trial_runner)
+COLUMNS = ("precision", "recall", "fp", "fn", "f1", "balanced_accuracy", "roc_auc")
+
+
+def _kind(dataset: str) -> str:
+    return "tabular" if dataset.startswith("keel_") else "reddit"
+
+
+def _run_dir(out_dir: pathlib.Path) -> pathlib.Path:
+    """Where a run's files are: its own directory, or the earlier run's when the journal skipped it."""
+    pointer = out_dir / "duplicate_of.json"
+    return pathlib.Path(json.loads(pointer.read_text())["run_dir"]) if pointer.exists() else out_dir
+
+
+def _trial_runner(decision):
+    """``train_one`` for the studies' trials. Trials train with the neutral ``decision=argmax``, so
+    a configuration that several objectives' studies try (their seeded samplers start alike) is
+    trained once: the journal skips the repeats. The objective is scored here from the run's
+    validation scores, with the threshold tuned for it: what ``decision=<objective>`` computes."""
+    import numpy as np
+
+    from gaflax.metrics import select_threshold
+
+    weights = (decision.precision_weight, 1 - decision.precision_weight)
+
+    def train(cfg, out_dir):
+        results = train_one(cfg, out_dir)
+        with np.load(_run_dir(out_dir) / "predictions.npz") as data:
+            _, value = select_threshold(data["val_labels"], data["val_scores"], p=decision.p, weights=weights)
+        return {**results, OBJECTIVE: value}
+
+    return train
+
+
+def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: str | None, overrides=()) -> list[dict]:
+    """Run (or resume) every study and its single test evaluation; returns one row per cell."""
+    import optuna
+    from hydra import compose, initialize_config_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / 'optuna.sqlite').resolve()}"
+    rows = []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for dataset in datasets:
+            kind = _kind(dataset)
+            common = [f"experiment=imbalance_{kind}", f"dataset={dataset}",
+                      f"journal.path={(out / 'journal.sqlite').resolve()}", "journal.on_duplicate=skip"]
+            if data_root and kind == "reddit":
+                common.append(f"dataset.root={data_root}")
+            common += list(overrides)
+            # The untuned reference: the preset's defaults, cross-entropy, the most probable class.
+            reference = [*common, "decision=argmax"]
+            results = train_one(compose(config_name="config", overrides=reference), out / dataset / "untuned")
+            rows.append(_row(dataset, "untuned (argmax)", {}, results, out / dataset / "untuned"))
+            for objective in objectives:
+                cell = out / dataset / objective
+                search = [*common, f"hparams_search=imbalance_{kind}", f"hparams_search.storage={storage}",
+                          f"hparams_search.study_name={dataset}-{objective}"]
+                if trials:
+                    search.append(f"hparams_search.n_trials={trials}")
+                tuning = [*search, "decision=argmax", "trainer.evaluate_test=false", f"objective={OBJECTIVE}"]
+                decision = compose(config_name="config", overrides=[*search, f"decision={objective}"]).decision
+                run_study(compose(config_name="config", overrides=tuning), tuning, cell, _trial_runner(decision))
+                best = optuna.load_study(study_name=f"{dataset}-{objective}", storage=storage).best_trial
+                final = [*search, f"decision={objective}", *(f"{k}={v}" for k, v in best.params.items()),
+                         "trainer.evaluate_test=true"]
+                print(f"study: {dataset} / {objective}: the test set, once, for trial {best.number} {best.params}")
+                results = train_one(compose(config_name="config", overrides=final), cell / "final")
+                if abs(results["val/ga_score"] - best.value) > 1e-6:
+                    print(f"warning: the retrained best trial gives val/ga_score {results['val/ga_score']:.6f}, "
+                          f"the trial gave {best.value:.6f}")
+                rows.append(_row(dataset, objective, best.params, results, cell / "final"))
+    return rows
+
+
+def _row(dataset, objective, params, results, run_dir) -> dict:
+    return {"dataset": dataset, "objective": objective, "params": params,
+            "threshold": results.get("decision/threshold"), "val/ga_score": results.get("val/ga_score"),
+            **{name: results.get(f"test/{name}") for name in COLUMNS}, "run_dir": str(_run_dir(run_dir))}
+
+
+def _picked(params: dict, threshold) -> str:
+    short = {"loss": "", "trainer.resample": "", "optimizer.lr": "lr ", "model.hidden": "h ", "model.dropout": "do ",
+             "pool.alpha": "α "}
+    parts = []
+    for key, value in params.items():
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        if key == "trainer.resample" and value == "none":
+            continue
+        parts.append(short.get(key, f"{key}=") + text)
+    if threshold is not None:
+        parts.append(f"t {threshold:.3f}")
+    return ", ".join(parts) or "defaults"
+
+
+def table(rows) -> str:
+    """The study's Markdown table: one row per dataset and objective."""
+    head = ["dataset", "objective", "picked (loss, resampling, hyperparameters, threshold)", "precision", "recall",
+            "FP", "FN", "F1", "bal. acc", "ROC-AUC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        numbers = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join([r["dataset"], r["objective"], _picked(r["params"], r["threshold"]), *numbers])
+                     + " |")
+    return "\n".join(lines)
+
+
+def figure(rows, path: pathlib.Path):
+    """Test PR curves of each objective's chosen model, one panel per dataset, with the chosen
+    operating point (the validation-tuned threshold) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gaflax.metrics import pr_curve
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    cols = min(2, len(datasets))
+    nrows = -(-len(datasets) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.5 * nrows), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets):
+        for i, r in enumerate(x for x in rows if x["dataset"] == dataset):
+            with np.load(pathlib.Path(r["run_dir"]) / "predictions.npz") as data:
+                precision, recall, _ = pr_curve(data["test_labels"], data["test_scores"])
+            color, marker = f"C{i}", "osD^vP"[i % 6]
+            ax.plot(recall, precision, color=color, lw=1.2, alpha=0.8, label=r["objective"])
+            ax.plot(r["recall"], r["precision"], marker, color=color, ms=9 - i, mec="black")
+        ax.set(title=dataset, xlabel="recall (test)", ylabel="precision (test)", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    fig.suptitle("Test PR curves of each objective's tuned model;\nmarkers: the operating points tuned on validation",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), help="names in conf/decision/")
+    parser.add_argument("--trials", type=int, default=None, help="trials per study (default: the search preset's)")
+    parser.add_argument("--data-root", default=None, help="directory holding anomaly/reddit.npz (default: $GAFLAX_DATA)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/imbalance"))
+    parser.add_argument("--figure", type=pathlib.Path, default=None, help="PNG path (default: <out>/pr_curves.png)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_epochs=50")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.objectives) - {p.stem for p in (ROOT / "conf" / "decision").glob("*.yaml")})
+    if unknown:
+        parser.error(f"unknown objective(s) {unknown}; they are the names of conf/decision/*.yaml")
+    rows = run(args.datasets, args.objectives, args.out, args.trials, args.data_root, args.overrides)
+    markdown = table(rows)
+    (args.out / "table.md").write_text(markdown + "\n")
+    (args.out / "study.json").write_text(json.dumps(rows, indent=2))
+    figure_path = args.figure or args.out / "pr_curves.png"
+    figure(rows, figure_path)
+    print(markdown)
+    print(f"study: table in {args.out / 'table.md'}, rows in {args.out / 'study.json'}, figure in {figure_path}")
+
+
+if __name__ == "__main__":
+    main()
