@@ -65,8 +65,9 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     if results.get("alphas"):
         print("alphas (at the best epoch): " + json.dumps(results["alphas"]))
     if results.get("baselines"):
-        print("trivial baselines (test accuracy): " + ", ".join(
-            f"{name} {b['accuracy']:.4f}" for name, b in results["baselines"].items()))
+        metric = "accuracy" if "test/accuracy" in results else "rmse"
+        print(f"trivial baselines (test {metric}): " + ", ".join(
+            f"{name} {b[metric]:.4f}" for name, b in results["baselines"].items()))
     print(f"run directory: {out_dir}")
     return results
 
@@ -77,7 +78,8 @@ def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
         print(f"note: logger={cfg.logger.name} is not used by vmapped grids; each member writes metrics.jsonl")
     members = train_seed_grid(config, out_dir, journal=journal, on_duplicate=on_duplicate)
     for seed, results in enumerate(members, start=config.seed):
-        brief = {k: results.get(k) for k in ("best_epoch", "val/accuracy", "test/accuracy")}
+        brief = {k: results[k] for k in ("best_epoch", "val/accuracy", "test/accuracy", "val/rmse", "test/rmse", "alphas")
+                 if k in results}
         print(f"{config.dataset.name} / {_model_name(config)} / seed {seed}: " + json.dumps(brief))
     values = [r[cfg.objective] for r in members if cfg.objective in r]
     mean = float(sum(values) / len(values)) if values else float("nan")

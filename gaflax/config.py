@@ -29,6 +29,8 @@ class ModelConfig:
     out_heads: int = 1
     num_layers: int = 2
     v2: bool = False
+    attention: bool = True  # false: neighbours weigh 1 / in-degree (isolates the aggregator)
+    aggregate_first: bool = False  # true: x -> aggregate -> project (the GA acts on the features)
     dropout: float = 0.6
     attention_dropout: float = 0.6
     add_self_loops: bool = True

@@ -11,6 +11,7 @@ that count; padded or held-out ones are 0), and return a scalar.
   p = 1 is the mean; p > 1 puts weight on hard examples; p -> inf (alpha = 1) is the worst case.
   ``per_class=True`` takes the GA of the class-mean losses instead (p = 1: class-balanced CE).
   Gradients are the primitive's, finite everywhere.
+- ``mean_squared_error`` (``mse``): for regression targets (outputs ``[n, 1]``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import optax
 
 from gaflax.ga import ga
 
-LOSSES = ("ce", "weighted_ce", "focal", "ga")
+LOSSES = ("ce", "weighted_ce", "focal", "ga", "mse")
 
 
 def _mask(labels, mask):
@@ -73,6 +74,11 @@ def ga_loss(logits, labels, mask=None, *, p=None, alpha=None, per_class: bool = 
     return ga(sums / jnp.maximum(counts, 1), p, alpha=alpha, weights=present)
 
 
+def mean_squared_error(outputs, targets, mask=None):
+    """Regression: the masked mean of ``(outputs[:, 0] - targets)^2`` (``outputs`` is ``[n, 1]``)."""
+    return _masked_mean(jnp.square(outputs[:, 0] - targets), _mask(targets, mask))
+
+
 def make_loss(name: str, *, gamma: float = 2.0, p=None, alpha=None, per_class: bool = False):
     """``loss(logits, labels, mask)`` by name (one of ``LOSSES``), with its options bound."""
     if name == "ce":
@@ -81,6 +87,8 @@ def make_loss(name: str, *, gamma: float = 2.0, p=None, alpha=None, per_class: b
         return class_weighted_cross_entropy
     if name == "focal":
         return lambda logits, labels, mask=None: focal_loss(logits, labels, mask, gamma=gamma)
+    if name == "mse":
+        return mean_squared_error
     if name == "ga":
         return lambda logits, labels, mask=None: ga_loss(logits, labels, mask, p=p, alpha=alpha, per_class=per_class)
     raise ValueError(f"make_loss: unknown loss {name!r}; expected one of {LOSSES}")

@@ -220,6 +220,19 @@ def trivial_baselines(y_train, y_test, num_classes: int, seed: int = 0) -> dict:
     }
 
 
+def regression_summary(y_true, y_pred) -> dict:
+    """RMSE, MAE and the coefficient of determination R^2 (0 for constant targets predicted exactly)."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"regression_summary: shapes {y_true.shape} and {y_pred.shape} must be equal and 1-D")
+    if not len(y_true):
+        return {}
+    error = y_pred - y_true
+    total = np.sum((y_true - y_true.mean()) ** 2)
+    r2 = 1 - np.sum(error**2) / total if total > 0 else 0.0
+    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error))), "r2": float(r2)}
+
+
 def summary(y_true, y_pred, num_classes: int, scores=None) -> dict:
     """The metrics a run reports: accuracy, macro-F1 and balanced accuracy; for binary tasks also
     precision, recall, F1, the false-positive and false-negative counts and (given positive-class

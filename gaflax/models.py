@@ -97,6 +97,14 @@ class GATLayer(nn.Module):
     dropout: float = 0.6
     attention_dropout: float = 0.6
     negative_slope: float = 0.2
+    # False: every neighbour weighs 1 / in-degree (no attention parameters). Attention that tilts
+    # towards large messages mimics a larger exponent, so this isolates what the GA itself does.
+    attention: bool = True
+    # True: aggregate the input features, then project them per head (x -> GA -> W); the default
+    # projects first (x -> W -> GA, as GAT). The two agree for linear aggregators; for GA, the
+    # first makes the exponent act on the features themselves, so a synthetic target built as a
+    # GA of one feature is exactly representable.
+    aggregate_first: bool = False
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool) -> jnp.ndarray:
@@ -105,7 +113,12 @@ class GATLayer(nn.Module):
         H, C = self.heads, self.features
         glorot = nn.initializers.glorot_uniform()
         senders, receivers = graph.senders, graph.receivers
-        if self.v2:
+        if not self.attention:
+            h = nn.Dense(H * C, use_bias=False, kernel_init=glorot, name="proj")(x).reshape(n, H, C)
+            messages = h[senders]
+            degree = jax.ops.segment_sum(jnp.ones_like(receivers, x.dtype), receivers, n)
+            logits = jnp.broadcast_to(-jnp.log(jnp.maximum(degree, 1))[receivers, None], (len(receivers), H))
+        elif self.v2:
             h_src = nn.Dense(H * C, kernel_init=glorot, name="proj_src")(x).reshape(n, H, C)
             h_dst = nn.Dense(H * C, kernel_init=glorot, name="proj_dst")(x).reshape(n, H, C)
             att = self.param("att", glorot, (1, H, C))
@@ -120,16 +133,22 @@ class GATLayer(nn.Module):
             score_dst = jnp.sum(h * att_dst, axis=-1)
             logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
             messages = h[senders]
-        attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
+        # [E, H], sums to 1 per receiver (uniform without attention: the logits are all -log degree)
+        attention = jraph.segment_softmax(logits, receivers, n) if self.attention else jnp.exp(logits)
         attention = Dropout(self.attention_dropout)(attention, deterministic=deterministic)
 
+        if self.aggregate_first:  # the heads' messages are the input features themselves
+            messages = jnp.broadcast_to(x[senders][:, None, :], (len(senders), H, x.shape[-1]))
         alpha = None
         if self.aggregator in pooling.USES_ALPHA:
             alpha = Exponent(init_alpha=self.alpha, learn=self.learn_alpha, level=self.alpha_scope,
-                             lr_mult=self.alpha_lr_mult, name="exponent")(H, C)
+                             lr_mult=self.alpha_lr_mult, name="exponent")(H, messages.shape[-1])
             self.sow("intermediates", "alpha", alpha)
         out = pooling.get(self.aggregator)(messages, receivers, n, weights=attention, alpha=alpha,
-                                           positive=self.positive)  # [N, H, C]
+                                           positive=self.positive)  # [N, H, C] ([N, H, F] aggregating first)
+        if self.aggregate_first:
+            kernel = self.param("proj_after", glorot, (H, x.shape[-1], C))
+            out = jnp.einsum("nhf,hfc->nhc", out, kernel)
         out = out.reshape(n, H * C) if self.concat else out.mean(axis=1)
         bias = self.param("bias", nn.initializers.zeros, (out.shape[-1],))
         return out + bias[None]

@@ -61,7 +61,7 @@ def versions() -> dict:
 def _layer_kwargs(config: Config) -> dict:
     """Keyword arguments shared by every GATLayer of a model."""
     m, p = config.model, config.pool
-    return dict(v2=m.v2, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
+    return dict(v2=m.v2, attention=m.attention, aggregate_first=m.aggregate_first, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
                 alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout, attention_dropout=m.attention_dropout)
 
 
@@ -103,6 +103,11 @@ def make_steps(model, tx, loss=losses.cross_entropy):
         return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
 
     return train_step, eval_step
+
+
+def _outputs(logits, ds) -> np.ndarray:
+    """Class probabilities [n, C] for classification; the predicted values [n] for regression."""
+    return np.asarray(logits[..., 0] if ds.task == "regression" else jax.nn.softmax(logits, -1))
 
 
 def _loss(config: Config):
@@ -163,9 +168,10 @@ class _FullBatchTask:
         return float(loss)
 
     def predict(self, params):
-        """{split: (labels, class probabilities, mean loss)} and the alphas, for train / val / test."""
+        """{split: (labels, class probabilities (regression: values), mean loss)} and the alphas,
+        for train / val / test."""
         logits, losses, intermediates = self.eval_step(params, self.inputs, self.labels, self.masks)
-        probs = np.asarray(jax.nn.softmax(logits, -1))
+        probs = _outputs(logits, self.ds)
         out = {split: (self.ds.labels[m], probs[m], float(loss))
                for split, m, loss in zip(("train", "val", "test"), self.masks_np, np.asarray(losses))}
         return out, alphas_from_intermediates(intermediates)
@@ -225,7 +231,7 @@ class _NodeGrid:
     def predict(self, params) -> list:
         """Per member, what ``_FullBatchTask.predict`` returns."""
         logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
-        probs, losses = np.asarray(jax.nn.softmax(logits, -1)), np.asarray(losses)
+        probs, losses = _outputs(logits, self.ds), np.asarray(losses)
         out = []
         for m in range(self.num):
             splits = {split: (self.ds.labels[mask], probs[m][mask], float(loss))
@@ -283,7 +289,7 @@ class _GraphTask:
                 logits, batch_loss, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
                 keep = batch.graph_mask
                 labels.append(batch.labels[keep])
-                probs.append(np.asarray(jax.nn.softmax(logits, -1))[keep])
+                probs.append(_outputs(logits, self.ds)[keep])
                 loss_sum += float(batch_loss[0]) * keep.sum()  # weighted by the batch's real graphs
                 alphas = alphas_from_intermediates(intermediates)
             labels = np.concatenate(labels)
@@ -322,8 +328,14 @@ def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_dup
 def _check_fits(config: Config, ds):
     """Settings that are valid on their own but not for this kind of data: a clear error, early."""
     name, t = config.dataset.name, config.trainer
-    if ds.task != "classification":
-        raise ValueError(f"{name!r} is a {ds.task} dataset; only classification is implemented so far")
+    if ds.task == "regression":
+        wrong = {"loss.name": (config.loss.name, "mse"), "trainer.monitor": (t.monitor, "loss"),
+                 "decision.threshold": (config.decision.threshold, "argmax"), "trainer.resample": (t.resample, "none")}
+        for key, (value, needed) in wrong.items():
+            if value != needed:
+                raise ValueError(f"{key}={value!r} does not fit the regression dataset {name!r}; use {needed!r}")
+    elif config.loss.name == "mse":
+        raise ValueError(f"loss.name='mse' is for regression; {name!r} is a classification dataset")
     tabular = isinstance(ds, gdata.TabularDataset)
     kind, model = ("tabular", "mlp") if tabular else ("graph", "gat")
     if config.model.name != model:
@@ -467,7 +479,7 @@ def _train(config: Config, ds, out: pathlib.Path, writers, heartbeat) -> dict:
             for writer in writers:
                 writer.log(epoch, row)
             heartbeat()
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row['val/accuracy']:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{row.get('val/accuracy', row['val/loss']):.3f}")
             if tracker.update(epoch, row, alphas):
                 best_params = task.params
             if tracker.stopped:
@@ -517,10 +529,11 @@ class _EarlyStopping:
 
 def _epoch_row(train_loss, splits, alphas, seconds, monitor: str = "accuracy") -> dict:
     val_labels, val_probs, val_loss = splits["val"]
-    row = {"train/loss": train_loss, "val/loss": val_loss,
-           "val/accuracy": metrics.accuracy(val_labels, val_probs.argmax(-1)),
-           "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1)),
-           "seconds": seconds, "alphas": alphas}
+    row = {"train/loss": train_loss, "val/loss": val_loss, "seconds": seconds, "alphas": alphas}
+    if val_probs.ndim == 1:  # regression: the loss is the mean squared error
+        return row
+    row.update({"val/accuracy": metrics.accuracy(val_labels, val_probs.argmax(-1)),
+                "train/accuracy": metrics.accuracy(splits["train"][0], splits["train"][1].argmax(-1))})
     if monitor in ("roc_auc", "average_precision"):
         row[f"val/{monitor}"] = getattr(metrics, monitor)(val_labels, val_probs[:, 1])
     return row
@@ -545,6 +558,13 @@ def _results(config: Config, ds, tracker: _EarlyStopping, splits, compile_second
     results = {"best_epoch": tracker.epoch, "epochs": tracker.epochs, "alphas": tracker.alphas,
                "compile_seconds": compile_seconds, "seconds_per_epoch": seconds_per_epoch,
                "device": str(jax.devices()[0])}
+    if ds.task == "regression":
+        for split, (targets, predicted, _) in splits.items():
+            results.update({f"{split}/{k}": v for k, v in metrics.regression_summary(targets, predicted).items()})
+        if "test" in splits:  # the trivial baseline: predict the training mean
+            mean = np.full(len(splits["test"][0]), np.mean(splits["train"][0]))
+            results["baselines"] = {"train_mean": metrics.regression_summary(splits["test"][0], mean)}
+        return results
     predicted, threshold = _decisions(config, ds, splits)
     binary = ds.num_classes == 2
     if threshold is not None:

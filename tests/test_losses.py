@@ -96,3 +96,10 @@ def test_check_grads(name, x64, batch):
 def test_unknown_loss_names_the_choices():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         losses.make_loss("hinge")
+
+
+def test_mean_squared_error_is_the_masked_mean_of_squares():
+    outputs = jnp.array([[1.0], [2.0], [4.0]])
+    targets = jnp.array([0.0, 2.0, 1.0])
+    assert float(losses.make_loss("mse")(outputs, targets)) == pytest.approx((1 + 0 + 9) / 3)
+    assert float(losses.mean_squared_error(outputs, targets, jnp.array([1, 0, 1]))) == pytest.approx(5.0)

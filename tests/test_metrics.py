@@ -196,3 +196,15 @@ def test_average_precision_and_pr_curve_match_sklearn():
         metrics.pr_curve([0, 1], [0.1, np.nan])
     summary = metrics.summary([0, 1, 1, 0], [0, 1, 0, 0], 2, scores=[0.1, 0.9, 0.4, 0.3])
     assert summary["average_precision"] == pytest.approx(1.0) and summary["roc_auc"] == pytest.approx(1.0)
+
+
+def test_regression_summary_matches_sklearn():
+    rng = np.random.default_rng(2)
+    y, pred = rng.normal(size=50), rng.normal(size=50)
+    out = metrics.regression_summary(y, pred)
+    assert out["rmse"] == pytest.approx(np.sqrt(sk.mean_squared_error(y, pred)))
+    assert out["mae"] == pytest.approx(sk.mean_absolute_error(y, pred))
+    assert out["r2"] == pytest.approx(sk.r2_score(y, pred))
+    assert metrics.regression_summary(np.ones(3), np.ones(3))["r2"] == 0.0  # constant targets: finite
+    with pytest.raises(ValueError, match="must be equal and 1-D"):
+        metrics.regression_summary(y, pred[:3])

@@ -199,3 +199,38 @@ def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
     assert any(k.startswith("readout") for k in results["alphas"])
     again = train_and_evaluate(Config.from_dict(raw), tmp_path / "b")
     assert again["test/accuracy"] == results["test/accuracy"]
+
+
+def test_without_attention_neighbours_weigh_one_over_degree(key):
+    """attention=False: no attention parameters, and weighted_sum is the plain neighbour mean."""
+    graph = small_graph(key)
+    kw = dict(heads=2, attention=False, dropout=0.0, attention_dropout=0.0)
+    params = GATLayer(3, aggregator="weighted_sum", **kw).init(key, graph, deterministic=True)
+    assert set(params["params"]) == {"proj", "bias"}
+    h = graph.nodes @ params["params"]["proj"]["kernel"]  # [N, H * C]
+    degree = jax.ops.segment_sum(jnp.ones(graph.receivers.shape), graph.receivers, 12)
+    mean = jax.ops.segment_sum(h[graph.senders], graph.receivers, 12) / degree[:, None]
+    out = GATLayer(3, aggregator="weighted_sum", **kw).apply(params, graph, deterministic=True)
+    np.testing.assert_allclose(out, mean, rtol=1e-5, atol=1e-5)
+    # GA at alpha = 0.5 on the same (here shifted positive) messages is the same mean.
+    shifted = graph._replace(nodes=jnp.abs(graph.nodes))
+    positive = {"params": {**params["params"], "proj": {"kernel": jnp.abs(params["params"]["proj"]["kernel"])}}}
+    np.testing.assert_allclose(
+        GATLayer(3, aggregator="ga", alpha=0.5, positive="relu_eps", **kw).apply(positive, shifted, deterministic=True),
+        GATLayer(3, aggregator="weighted_sum", **kw).apply(positive, shifted, deterministic=True), rtol=1e-5, atol=1e-5)
+
+
+def test_aggregate_first_equals_project_first_for_a_linear_aggregator(key):
+    graph = small_graph(key)
+    kw = dict(heads=2, attention=False, aggregator="weighted_sum", dropout=0.0, attention_dropout=0.0)
+    first = GATLayer(3, aggregate_first=True, **kw)
+    params = first.init(key, graph, deterministic=True)["params"]
+    assert params["proj_after"].shape == (2, 5, 3)
+    project = {"proj": {"kernel": params["proj_after"].transpose(1, 0, 2).reshape(5, 6)}, "bias": params["bias"]}
+    np.testing.assert_allclose(first.apply({"params": params}, graph, deterministic=True),
+                               GATLayer(3, **kw).apply({"params": project}, graph, deterministic=True),
+                               rtol=1e-5, atol=1e-5)
+    # With GA the exponent acts on the input features: per channel, one alpha per input feature.
+    ga = GATLayer(3, aggregate_first=True, **{**kw, "aggregator": "ga"}, learn_alpha=True, alpha_scope="channel")
+    variables = ga.init(key, graph, deterministic=True)
+    assert variables["params"]["exponent"]["alpha_theta"].shape == (2, 5)
