@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.loggers import make_writers
 from gaflax.config import Config
 from gaflax.journal import Journal
-from gaflax.train import train_and_evaluate, train_seed_grid
+from gaflax.train import grid_members, train_and_evaluate, train_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
 
@@ -50,7 +50,7 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     config = to_config(cfg)  # raises a clear ValueError on bad values, before any compile
     journal = _journal(cfg.get("journal") or {"enabled": False})
     on_duplicate = cfg.journal.on_duplicate if journal else "skip"
-    if config.trainer.vmap == "seeds":
+    if config.trainer.vmap != "none":
         return _train_grid(config, cfg, out_dir, journal, on_duplicate)
     writers = make_writers(OmegaConf.to_container(cfg.logger, resolve=True), config, out_dir)
     try:
@@ -73,14 +73,14 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
 
 
 def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
-    """trainer.vmap=seeds: the members' results, and the objective averaged over them."""
+    """trainer.vmap=seeds|alphas: the members' results, and the objective averaged over them."""
     if cfg.logger.name != "none":
         print(f"note: logger={cfg.logger.name} is not used by vmapped grids; each member writes metrics.jsonl")
-    members = train_seed_grid(config, out_dir, journal=journal, on_duplicate=on_duplicate)
-    for seed, results in enumerate(members, start=config.seed):
+    members = train_grid(config, out_dir, journal=journal, on_duplicate=on_duplicate)
+    for (name, _), results in zip(grid_members(config), members):
         brief = {k: results[k] for k in ("best_epoch", "val/accuracy", "test/accuracy", "val/rmse", "test/rmse", "alphas")
                  if k in results}
-        print(f"{config.dataset.name} / {_model_name(config)} / seed {seed}: " + json.dumps(brief))
+        print(f"{config.dataset.name} / {_model_name(config)} / {name}: " + json.dumps(brief))
     values = [r[cfg.objective] for r in members if cfg.objective in r]
     mean = float(sum(values) / len(values)) if values else float("nan")
     print(f"{cfg.objective}: mean {mean:.4f} over {len(values)} members; run directory: {out_dir}")

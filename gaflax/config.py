@@ -69,8 +69,11 @@ class TrainerConfig:
     progress: bool = True
     batch_size: int = 32  # graph classification
     fold: int = 0  # graph classification: which of the 10 outer folds is the test set
-    vmap: str = "none"  # "seeds": train num_members seeds (seed, seed + 1, ...) as one vmapped program
+    # One vmapped program for many runs (node tasks): "seeds" trains num_members seeds (seed,
+    # seed + 1, ...); "alphas" trains every fixed GA exponent in `alphas` times those seeds.
+    vmap: str = "none"
     num_members: int = 1
+    alphas: tuple = ()
     # Early stopping and the best epoch follow this validation metric (and the validation loss):
     # accuracy (the GAT paper), loss, or for binary tasks roc_auc / average_precision.
     monitor: str = "accuracy"
@@ -150,7 +153,13 @@ class Config:
         check(m.name in MODELS, f"model.name={m.name!r} is not one of {MODELS}")
         check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
-        check(t.vmap in ("none", "seeds"), f"trainer.vmap={t.vmap!r} must be 'none' or 'seeds'")
+        check(t.vmap in ("none", "seeds", "alphas"), f"trainer.vmap={t.vmap!r} must be 'none', 'seeds' or 'alphas'")
+        if t.vmap == "alphas":
+            check(p.name in pooling.USES_ALPHA and not p.learn,
+                  f"trainer.vmap=alphas needs a fixed-exponent pool (ga, log_ga, softmax with pool.learn=false); "
+                  f"got pool.name={p.name!r}, pool.learn={p.learn}")
+            check(len(t.alphas) >= 1 and all(-1 <= a <= 1 for a in t.alphas),
+                  f"trainer.alphas={list(t.alphas)} must be a non-empty list of values in [-1, 1]")
         check(t.num_members >= 1, f"trainer.num_members={t.num_members} must be >= 1")
         check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
         check(t.monitor in MONITORS, f"trainer.monitor={t.monitor!r} must be one of {MONITORS}")

