@@ -156,11 +156,11 @@ def figure(rows, path: pathlib.Path):
             with np.load(pathlib.Path(r["run_dir"]) / "predictions.npz") as data:
                 precision, recall, _ = pr_curve(data["test_labels"], data["test_scores"])
             color, marker = f"C{i}", "osD^vP"[i % 6]
-            ax.plot(recall, precision, color=color, lw=1.2, alpha=0.8, label=r["objective"])
-            ax.plot(r["recall"], r["precision"], marker, color=color, ms=9 - i, mec="black")
+            ax.plot(recall, precision, color=color, lw=1.0, alpha=0.7, label=r["objective"])
+            ax.plot(r["recall"], r["precision"], marker, color=color, ms=8, mec="black", alpha=0.9, zorder=3)
         ax.set(title=dataset, xlabel="recall (test)", ylabel="precision (test)", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     fig.suptitle("Test PR curves of each objective's tuned model;\nmarkers: the operating points tuned on validation",
