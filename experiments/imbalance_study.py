@@ -24,7 +24,7 @@ import json
 import pathlib
 
 from experiments.search import run_study
-from experiments.train import train_one
+from experiments.train import to_config, train_one
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OBJECTIVES = ("f1", "f_half", "ga_precision_harmonic", "ga_precision_geometric", "ga_precision_strict")
@@ -52,12 +52,10 @@ def _trial_runner(decision):
 
     from gaflax.metrics import select_threshold
 
-    weights = (decision.precision_weight, 1 - decision.precision_weight)
-
     def train(cfg, out_dir):
         results = train_one(cfg, out_dir)
         with np.load(_run_dir(out_dir) / "predictions.npz") as data:
-            _, value = select_threshold(data["val_labels"], data["val_scores"], p=decision.p, weights=weights)
+            _, value = select_threshold(data["val_labels"], data["val_scores"], p=decision.p, weights=decision.weights)
         return {**results, OBJECTIVE: value}
 
     return train
@@ -90,7 +88,8 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
                 if trials:
                     search.append(f"hparams_search.n_trials={trials}")
                 tuning = [*search, "decision=argmax", "trainer.evaluate_test=false", f"objective={OBJECTIVE}"]
-                decision = compose(config_name="config", overrides=[*search, f"decision={objective}"]).decision
+                objective_config = compose(config_name="config", overrides=[*search, f"decision={objective}"])
+                decision = to_config(objective_config).decision
                 run_study(compose(config_name="config", overrides=tuning), tuning, cell, _trial_runner(decision))
                 best = optuna.load_study(study_name=f"{dataset}-{objective}", storage=storage).best_trial
                 final = [*search, f"decision={objective}", *(f"{k}={v}" for k, v in best.params.items()),

@@ -98,6 +98,11 @@ class DecisionConfig:
     p: float = -1.0
     precision_weight: float = 0.5
 
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(w_precision, w_recall) for ``gaflax.metrics.ga_score``."""
+        return (self.precision_weight, 1 - self.precision_weight)
+
 
 @dataclasses.dataclass
 class Config:

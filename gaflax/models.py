@@ -120,8 +120,7 @@ class GATLayer(nn.Module):
         if not self.attention:
             h = nn.Dense(H * C, use_bias=False, kernel_init=glorot, name="proj")(x).reshape(n, H, C)
             messages = h[senders]
-            degree = jax.ops.segment_sum(jnp.ones_like(receivers, x.dtype), receivers, n)
-            logits = jnp.broadcast_to(-jnp.log(jnp.maximum(degree, 1))[receivers, None], (len(receivers), H))
+            logits = jnp.zeros((len(receivers), H), x.dtype)  # equal logits: the softmax gives 1 / in-degree
         elif self.v2:
             h_src = nn.Dense(H * C, kernel_init=glorot, name="proj_src")(x).reshape(n, H, C)
             h_dst = nn.Dense(H * C, kernel_init=glorot, name="proj_dst")(x).reshape(n, H, C)
@@ -137,8 +136,7 @@ class GATLayer(nn.Module):
             score_dst = jnp.sum(h * att_dst, axis=-1)
             logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
             messages = h[senders]
-        # [E, H], sums to 1 per receiver (uniform without attention: the logits are all -log degree)
-        attention = jraph.segment_softmax(logits, receivers, n) if self.attention else jnp.exp(logits)
+        attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
         attention = Dropout(self.attention_dropout)(attention, deterministic=deterministic)
 
         if self.aggregate_first:  # the heads' messages are the input features themselves

@@ -125,6 +125,12 @@ def _node_inputs(config: Config, ds):
     return add_self_loops(graph) if config.model.add_self_loops else graph, jnp.asarray(ds.labels)
 
 
+def _balanced_train_mask(train_mask, labels, seed: int, epoch: int):
+    """The class-balanced training subset for ``(seed, epoch)``: the same draw for a sequential
+    run and for the grid member with that seed."""
+    return jnp.asarray(gdata.balanced_node_mask(train_mask, labels, np.random.default_rng([seed, epoch])))
+
+
 def _tabular_inputs(config: Config, ds, train_mask):
     """Features standardised with the training rows' statistics, and the (resampled) training rows."""
     train_x = ds.features[train_mask]
@@ -164,8 +170,7 @@ class _FullBatchTask:
     def train_epoch(self, epoch):
         mask = self.train_mask
         if self.balanced:  # a fresh class-balanced subset of the training nodes
-            mask = jnp.asarray(gdata.balanced_node_mask(self.masks_np[0], self.ds.labels,
-                                                        np.random.default_rng([self.seed, epoch])))
+            mask = _balanced_train_mask(self.masks_np[0], self.ds.labels, self.seed, epoch)
         self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.train_inputs,
                                                             self.train_labels, mask,
                                                             jax.random.fold_in(self.key_dropout, epoch))
@@ -229,10 +234,9 @@ class _NodeGrid:
 
     def train_epoch(self, epoch) -> np.ndarray:
         train_masks = self.masks[:, 0]
-        if self.balanced:  # per member, what _FullBatchTask draws for its seed
-            train_masks = jnp.asarray(np.stack([
-                gdata.balanced_node_mask(masks[0], self.ds.labels, np.random.default_rng([seed, epoch]))
-                for masks, seed in zip(self.masks_np, self.seeds)]))
+        if self.balanced:
+            train_masks = jnp.stack([_balanced_train_mask(masks[0], self.ds.labels, seed, epoch)
+                                     for masks, seed in zip(self.masks_np, self.seeds)])
         self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
                                                             train_masks, self.keys_dropout, self.alphas, epoch)
         return np.asarray(loss)
@@ -568,8 +572,7 @@ def _decisions(config: Config, ds, splits) -> tuple[dict, float | None]:
     if ds.num_classes != 2 or d.threshold == "argmax":
         return {split: probs.argmax(-1) for split, (_, probs, _) in splits.items()}, None
     val_labels, val_probs, _ = splits["val"]
-    threshold, _ = metrics.select_threshold(val_labels, val_probs[:, 1], p=d.p,
-                                            weights=(d.precision_weight, 1 - d.precision_weight))
+    threshold, _ = metrics.select_threshold(val_labels, val_probs[:, 1], p=d.p, weights=d.weights)
     return {split: (probs[:, 1] >= threshold).astype(np.int32) for split, (_, probs, _) in splits.items()}, threshold
 
 
@@ -597,8 +600,7 @@ def _results(config: Config, ds, tracker: _EarlyStopping, splits, compile_second
             results[f"{split}/{name}"] = value
         if binary:
             d = config.decision
-            results[f"{split}/ga_score"] = float(metrics.ga_score(
-                labels, predicted[split], p=d.p, weights=(d.precision_weight, 1 - d.precision_weight)))
+            results[f"{split}/ga_score"] = float(metrics.ga_score(labels, predicted[split], p=d.p, weights=d.weights))
     if binary:  # the positive-class scores at the best epoch, for PR curves
         np.savez_compressed(out / "predictions.npz", **{
             f"{split}_{kind}": array for split, (labels, probs, _) in splits.items() if split != "train"
