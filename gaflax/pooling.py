@@ -80,7 +80,12 @@ def ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="
     """Attention-weighted power mean of the messages, taken through a positive transform:
     ``inverse(segment_ga(forward(messages)))`` with (forward, inverse) = ``POSITIVE[positive]``."""
     forward, inverse = POSITIVE[positive]
-    return inverse(segment_ga(forward(messages), segment_ids, num_segments, alpha=alpha, weights=weights))
+    pooled = segment_ga(forward(messages), segment_ids, num_segments, alpha=alpha, weights=weights)
+    # A segment without weight (no edges, or attention dropout dropped all of a low-degree node's
+    # edges) pools to 0 like weighted_sum does, not to inverse(0) = log(1e-30) = -69.
+    mass = _sum(jnp.ones(messages.shape[:1], messages.dtype) if weights is None else weights,
+                segment_ids, num_segments)
+    return jnp.where(_expand(mass > 0, pooled), inverse(pooled), 0)
 
 
 def log_ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):

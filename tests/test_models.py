@@ -63,6 +63,28 @@ def test_ga_pooling_limits_are_min_and_max_of_messages(key):
         np.testing.assert_allclose(bottom, pooling.minimum(messages, graph.receivers, 12), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("positive", sorted(pooling.POSITIVE))
+@pytest.mark.parametrize("aggregator", sorted(pooling.AGGREGATORS))
+def test_segments_without_weight_pool_to_zero(key, aggregator, positive):
+    """Attention dropout can zero every edge of a low-degree node (p = 0.6^2 for a node with one
+    neighbour and its self-loop). Such a segment, and one with no edges at all, pools to 0 like the
+    weighted sum, with a zero gradient: inverse(GA) of it used to be log(1e-30) = -69, which broke
+    GA training on CiteSeer."""
+    messages = jax.random.normal(key, (5, 2, 3))
+    receivers = jnp.array([0, 0, 1, 1, 1])  # segment 2 has no edges
+    weights = jnp.array([[0.5, 0.5], [0.5, 0.5], [0.0, 0.3], [0.0, 0.3], [0.0, 0.4]])  # head 0 of 1 dropped
+    pool = pooling.get(aggregator)
+    out = pool(messages, receivers, 3, weights=weights, alpha=0.3, positive=positive)
+    assert out.shape == (3, 2, 3) and bool(jnp.all(jnp.isfinite(out)))
+    np.testing.assert_array_equal(out[2], 0)
+    if aggregator in ("weighted_sum", "sum", "ga", "log_ga"):  # the operators that use the weights
+        np.testing.assert_array_equal(out[1, 0], 0)
+    grad = jax.grad(lambda m: jnp.sum(pool(m, receivers, 3, weights=weights, alpha=0.3, positive=positive)[1:, 0]))(messages)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    if aggregator in ("weighted_sum", "sum", "ga", "log_ga"):
+        np.testing.assert_array_equal(grad[2:, 0], 0)
+
+
 def test_permutation_invariance(key):
     graph = small_graph(key)
     layer = GATLayer(4, heads=2, aggregator="ga", alpha=0.2)
