@@ -36,6 +36,7 @@ class ModelConfig:
     add_self_loops: bool = True
     readout: str = "sum"  # graph classification: a name from gaflax.pooling (sum, mean, max, ga, ...)
     mlp: tuple = (64,)  # graph classification: hidden widths after the readout
+    readout_lr_mult: float = 10.0  # readout=ga: its learned alpha is tanh(readout_lr_mult * theta)
 
 
 @dataclasses.dataclass
@@ -157,6 +158,7 @@ class Config:
         check(-1 <= self.loss.alpha <= 1, f"loss.alpha={self.loss.alpha} must lie in [-1, 1]")
         check(m.name in MODELS, f"model.name={m.name!r} is not one of {MODELS}")
         check(m.readout in pooling.AGGREGATORS, f"model.readout={m.readout!r} is not one of {sorted(pooling.AGGREGATORS)}")
+        check(m.readout_lr_mult > 0, f"model.readout_lr_mult={m.readout_lr_mult} must be positive")
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
         check(t.vmap in ("none", "seeds", "alphas"), f"trainer.vmap={t.vmap!r} must be 'none', 'seeds' or 'alphas'")
         if t.vmap == "alphas":

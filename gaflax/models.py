@@ -204,6 +204,7 @@ class GraphGAT(nn.Module):
     readout: str = "sum"
     readout_alpha: float = 0.5
     learn_readout_alpha: bool = True
+    readout_lr_mult: float = 10.0
     mlp: Sequence[int] = (64,)
     layer: dict = None
 
@@ -218,7 +219,7 @@ class GraphGAT(nn.Module):
         alpha = None
         if self.readout in pooling.USES_ALPHA:
             alpha = Exponent(init_alpha=self.readout_alpha, learn=self.learn_readout_alpha, level="channel",
-                             name="readout_exponent")(
+                             lr_mult=self.readout_lr_mult, name="readout_exponent")(
                 1, graph.nodes.shape[-1])[0]
             self.sow("intermediates", "readout_alpha", alpha)
         pooled = pooling.get(self.readout)(graph.nodes, node_graph, n_graph, alpha=alpha)

@@ -263,7 +263,8 @@ class _GraphTask:
         self.budgets = gdata.budgets_for(ds, self.batch_size)
         m = config.model
         self.model = GraphGAT(num_classes=ds.num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
-                              readout=m.readout, mlp=tuple(m.mlp), layer=_layer_kwargs(config))
+                              readout=m.readout, readout_lr_mult=m.readout_lr_mult, mlp=tuple(m.mlp),
+                              layer=_layer_kwargs(config))
         self.add_loops = m.add_self_loops
         first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
                                                          self.batch_size, self.budgets)))
