@@ -19,7 +19,8 @@ The check and the insert happen in one ``BEGIN IMMEDIATE`` transaction, so worke
 one database (joblib, several machines on a network file system) never claim the same cell twice.
 
 CLI: ``python -m gaflax.journal [--db PATH] list [--json] [--filter KEY=VALUE ...]``, ``show ID``,
-``compare ID ID`` and ``export [--format csv|json]``. The default database is ``$GAFLAX_JOURNAL``,
+``compare ID ID``, ``export [--format csv|json]`` and ``invalidate --filter KEY=VALUE --reason TEXT``
+(marks runs that a bug spoiled as failed, so that tables skip them and they run again). The default database is ``$GAFLAX_JOURNAL``,
 else ``journal.sqlite`` in the current directory.
 """
 
@@ -230,10 +231,23 @@ class Journal:
             db.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
                        (error[-4000:], time.time(), run_id))
 
+    def invalidate(self, filters: dict, reason: str) -> list[int]:
+        """Mark the ``done`` runs that match ``filters`` as ``failed`` with the error
+        ``invalidated: <reason>``, for results a bug found later has spoiled: tables skip them, and
+        the duplicate check runs those experiments again. Returns the ids."""
+        if not filters or not reason.strip():
+            raise ValueError("journal: invalidate needs at least one filter and a reason")
+        ids = [run["id"] for run in self.runs({**filters, "status": "done"})]
+        with self._connect() as db:
+            db.executemany("UPDATE runs SET status = 'failed', error = ? WHERE id = ?",
+                           [(f"invalidated: {reason}", run_id) for run_id in ids])
+        return ids
+
     # -- reading --------------------------------------------------------------------------------
     def runs(self, filters: dict | None = None) -> list[dict]:
         """All runs, oldest first, as dicts with parsed JSON; ``filters`` match ``status``,
-        ``hypothesis`` or any flattened config key (``dataset.name``), compared as strings."""
+        ``hypothesis``, ``code_version.git_sha`` or any flattened config key (``dataset.name``),
+        compared as strings."""
         with self._connect() as db:
             rows = [_parse(r) for r in db.execute("SELECT * FROM runs ORDER BY id").fetchall()]
         for name, wanted in (filters or {}).items():
@@ -261,6 +275,8 @@ def _field(run: dict, name: str):
         return run[name]
     if name.startswith("results."):
         return (run.get("results") or {}).get(name[len("results."):])
+    if name.startswith("code_version."):
+        return run["code_version"].get(name[len("code_version."):])
     return _flatten(run["config"]).get(name)
 
 
@@ -320,6 +336,10 @@ def main(argv=None):
     p_exp.add_argument("--format", choices=("csv", "json"), default="csv")
     p_exp.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
     p_exp.add_argument("--out", default="-", help="file to write (default: stdout)")
+    p_inv = sub.add_parser("invalidate", help="mark matching done runs as failed, e.g. after a bug fix")
+    p_inv.add_argument("--filter", action="append", required=True, metavar="KEY=VALUE",
+                       help="which runs (repeatable; all must match), e.g. code_version.git_sha=SHA pool.name=ga")
+    p_inv.add_argument("--reason", required=True, help="why: stored as the runs' error")
     args = parser.parse_args(argv)
 
     path = pathlib.Path(args.db) if args.db else default_path()
@@ -349,7 +369,10 @@ def main(argv=None):
                 print(f"  {k}: {_fmt(va)} -> {_fmt(vb)} ({d:+.4f})")
         elif args.command == "export":
             _export(journal.runs(filters), args.format, args.out)
-    except KeyError as err:
+        elif args.command == "invalidate":
+            ids = journal.invalidate(filters, args.reason)
+            print(f"invalidated {len(ids)} run(s): {ids}")
+    except (KeyError, ValueError) as err:
         parser.exit(1, f"{err.args[0]}\n")
 
 

@@ -185,3 +185,19 @@ def test_cli(jr, tmp_path):
     assert missing.returncode == 1 and "no run with id 99" in missing.stderr
     nothing = _cli("list", db=tmp_path / "absent.sqlite")
     assert nothing.returncode == 2 and "no journal at" in nothing.stderr
+
+
+def test_invalidated_runs_leave_tables_and_run_again(jr, tmp_path):
+    """After a bug fix, `invalidate` marks the spoiled runs failed: they leave `status=done` listings
+    (which make_table reads), and the duplicate check no longer skips their experiments."""
+    spoiled = _done(jr, _config(**{"pool.name": "ga"}), {"test/accuracy": 0.40})
+    kept = _done(jr, _config(), {"test/accuracy": 0.80})
+    sha = jr.get(spoiled)["code_version"]["git_sha"]
+    out = _cli("invalidate", "--filter", f"code_version.git_sha={sha}", "--filter", "pool.name=ga",
+               "--reason", "empty segments pooled to -69", db=jr.path)
+    assert out.returncode == 0 and f"invalidated 1 run(s): [{spoiled}]" in out.stdout
+    assert [r["id"] for r in jr.runs({"status": "done"})] == [kept]
+    assert jr.get(spoiled)["error"] == "invalidated: empty segments pooled to -69"
+    assert jr.begin(_config(**{"pool.name": "ga"}), DATA, code=CODE).run is True
+    assert _cli("invalidate", "--filter", "pool.name=ga", "--reason", " ", db=jr.path).returncode == 1
+    assert _cli("invalidate", "--reason", "why", db=jr.path).returncode == 2  # no filter: refused
