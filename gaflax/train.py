@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from gaflax import data as gdata
 from gaflax import losses, metrics
 from gaflax.config import Config
-from gaflax.models import GAT, MLP, GraphGAT, add_self_loops, alphas_from_intermediates
+from gaflax.models import GAT, MLP, GraphGAT, add_self_loops, alphas_from_intermediates, sparse_features
 from gaflax.pooling import USES_ALPHA
 
 
@@ -119,9 +119,16 @@ def _loss(config: Config):
     return losses.make_loss(c.name, gamma=c.gamma, alpha=c.alpha, per_class=c.per_class)
 
 
+#: Node features with fewer non-zeros than this fraction go to the model as ``SparseFeatures``.
+SPARSE_BELOW = 0.1
+
+
 def _node_inputs(config: Config, ds):
-    """The node dataset's graph (with self-loops if the model wants them) and labels, on device."""
+    """The node dataset's graph (with self-loops if the model wants them) and labels, on device.
+    Sparse features (bag-of-words) stay sparse unless the layer aggregates them directly."""
     graph = jax.tree.map(jnp.asarray, ds.graph)
+    if np.count_nonzero(ds.graph.nodes) < SPARSE_BELOW * ds.graph.nodes.size and not config.model.aggregate_first:
+        graph = graph._replace(nodes=sparse_features(ds.graph.nodes))
     return add_self_loops(graph) if config.model.add_self_loops else graph, jnp.asarray(ds.labels)
 
 
