@@ -50,7 +50,8 @@ def load_runs(journal_path=None, runs_dir=None, filters=None) -> list[dict]:
 
 
 def collect(runs, column: str, metric: str):
-    """{dataset: {column label: [values]}} and the column labels in first-seen order."""
+    """{dataset: {column label: [values]}} and the column labels: plain ones in first-seen order, then
+    fixed exponents by alpha, then learned ones (so reruns do not reorder the table)."""
     cells, columns = {}, []
     for run in runs:
         if metric not in run["results"]:
@@ -59,7 +60,13 @@ def collect(runs, column: str, metric: str):
         if label not in columns:
             columns.append(label)
         cells.setdefault(run["config"]["dataset"]["name"], {}).setdefault(label, []).append(run["results"][metric])
-    return cells, columns
+    return cells, sorted(columns, key=_column_order)
+
+
+def _column_order(label: str):
+    if "α=" in label:
+        return (1, float(label.split("α=")[1]))
+    return (2, 0.0) if label.endswith("learned") else (0, 0.0)
 
 
 def _stats(values):
