@@ -20,8 +20,8 @@ one database (joblib, several machines on a network file system) never claim the
 
 CLI: ``python -m gaflax.journal [--db PATH] list [--json] [--filter KEY=VALUE ...]``, ``show ID``,
 ``compare ID ID``, ``export [--format csv|json]`` and ``invalidate --filter KEY=VALUE --reason TEXT``
-(marks runs that a bug spoiled as failed, so that tables skip them and they run again). The default database is ``$GAFLAX_JOURNAL``,
-else ``journal.sqlite`` in the current directory.
+(marks runs that a bug spoiled as failed, so that tables skip them and they run again). The
+default database is ``$GAFLAX_JOURNAL``, else ``journal.sqlite`` in the current directory.
 """
 
 from __future__ import annotations

@@ -124,14 +124,14 @@ class Dropout(nn.Module):
         if deterministic or self.rate == 0:
             return x
         seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-        threshold = jnp.uint32(min(int((1 - self.rate) * 2**32), 2**32 - 1))
-        if isinstance(x, SparseFeatures):
-            index = x.rows.astype(jnp.uint32) * jnp.uint32(x.shape[1]) + x.cols.astype(jnp.uint32)
-            keep = _fmix32(_fmix32(index ^ seed[0]) + seed[1]) < threshold
-            return x.replace(values=jnp.where(keep, x.values / (1 - self.rate), 0))
-        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
-        keep = _fmix32(_fmix32(index ^ seed[0]) + seed[1]) < threshold
-        return jnp.where(keep, x / (1 - self.rate), 0)
+        sparse = isinstance(x, SparseFeatures)
+        if sparse:  # each non-zero's index in the dense matrix
+            values, index = x.values, x.rows.astype(jnp.uint32) * jnp.uint32(x.shape[1]) + x.cols.astype(jnp.uint32)
+        else:
+            values, index = x, jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+        keep = _fmix32(_fmix32(index ^ seed[0]) + seed[1]) < jnp.uint32(min(int((1 - self.rate) * 2**32), 2**32 - 1))
+        dropped = jnp.where(keep, values / (1 - self.rate), 0)
+        return x.replace(values=dropped) if sparse else dropped
 
 
 class GATLayer(nn.Module):

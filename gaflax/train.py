@@ -126,9 +126,10 @@ SPARSE_BELOW = 0.1
 def _node_inputs(config: Config, ds):
     """The node dataset's graph (with self-loops if the model wants them) and labels, on device.
     Sparse features (bag-of-words) stay sparse unless the layer aggregates them directly."""
-    graph = jax.tree.map(jnp.asarray, ds.graph)
-    if np.count_nonzero(ds.graph.nodes) < SPARSE_BELOW * ds.graph.nodes.size and not config.model.aggregate_first:
-        graph = graph._replace(nodes=sparse_features(ds.graph.nodes))
+    graph = ds.graph
+    if np.count_nonzero(graph.nodes) < SPARSE_BELOW * graph.nodes.size and not config.model.aggregate_first:
+        graph = graph._replace(nodes=sparse_features(graph.nodes))  # the dense matrix never goes to the device
+    graph = jax.tree.map(jnp.asarray, graph)
     return add_self_loops(graph) if config.model.add_self_loops else graph, jnp.asarray(ds.labels)
 
 
