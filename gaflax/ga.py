@@ -87,9 +87,11 @@ class _Dense(NamedTuple):
     def max(self, v, ids):
         return jnp.max(v, self.axes, keepdims=True, initial=-jnp.inf)
 
-    def coarse_max(self, v):
-        """An upper bound of ``max`` that is cheap to compute: here ``max`` itself (exact)."""
-        return jnp.max(v, self.axes, keepdims=True, initial=-jnp.inf)
+    def bounds(self, v, support, floor, clamp):
+        """(max, min) of the supported values, zeros (the floor) left out of the min: exact."""
+        hi = jnp.max(jnp.where(support, v, -jnp.inf), self.axes, keepdims=True, initial=-jnp.inf)
+        lo = -jnp.max(jnp.where(support & (v != floor), -v, -jnp.inf), self.axes, keepdims=True, initial=-jnp.inf)
+        return hi, lo
 
     def expand(self, g, ids):
         return g
@@ -107,9 +109,14 @@ class _Segments(NamedTuple):
     def max(self, v, ids):
         return jax.ops.segment_max(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
 
-    def coarse_max(self, v):
-        """An upper bound of ``max`` for every segment: the max over all rows (per channel)."""
-        return jnp.max(v, axis=0, keepdims=True, initial=-jnp.inf)
+    def bounds(self, v, support, floor, clamp):
+        """Per channel, over all rows: an upper bound of every segment's max and a lower bound of
+        its min above the floor. Unmasked on purpose: rows without weight only widen the bounds,
+        and the floor (a zero) is clamped to ``clamp``, the smallest normal number (log input: -max).
+        Two plain reductions cost about one segment_sum; masked ones were 10x slower on
+        XLA:CPU. Bounds that are too loose make a sum underflow, which ``_stats`` detects.
+        """
+        return jnp.max(v, axis=0, keepdims=True), jnp.min(jnp.maximum(v, clamp), axis=0, keepdims=True)
 
     def expand(self, g, ids):
         if g.shape[0] == 1 and self.num_segments != 1:  # per channel only: broadcasts as is
@@ -169,7 +176,7 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     (same rank); ``p``: exponent broadcastable to the groups and elements (same rank).
 
     Reference: the max of x for p >= 0 and the min of the non-zero x for p < 0, so that every
-    exponent p (z - zref) <= 0. By default it comes from ``layout.coarse_max``: exact per group for
+    exponent p (z - zref) <= 0. By default it comes from ``layout.bounds``: exact per group for
     dense arrays, per channel over all rows for segments (two plain reductions instead of a
     segment max; see ``_stats`` for when that is not enough). ``exact_reference`` takes it per
     segment as ``sign(p) * max(sign(p) * x)``. Either way it is an input value itself, so min,
@@ -190,14 +197,14 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     finite = jnp.isfinite(p)
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
-    is_floor = v == floor
-    hi = layout.coarse_max(jnp.where(support, v, -jnp.inf))
-    lo = -layout.coarse_max(jnp.where(support & ~is_floor, -v, -jnp.inf))  # zeros left out
+    clamp = -jnp.finfo(dtype).max if log_input else jnp.finfo(dtype).tiny  # a zero's stand-in
+    hi, lo = layout.bounds(v, support, floor, clamp)
     if exact_reference:
         sign = jnp.where(p >= 0, 1, -1).astype(dtype)
-        ref = sign * layout.max(jnp.where(support & ~(is_floor & (p < 0)), sign * v, -jnp.inf), ids)
+        ref = sign * layout.max(jnp.where(support & ~((v == floor) & (p < 0)), sign * v, -jnp.inf), ids)
     else:
         ref = jnp.where(p >= 0, hi, lo)
+    ref_bound = ref
     has_ref = jnp.isfinite(ref) & (ref > floor)
     ref = jnp.where(has_ref, ref, 0 if log_input else 1)
     zref = to_log(ref)
@@ -206,14 +213,26 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
 
     # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
     # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
-    z = to_log(v)
     zref_e = layout.expand(zref, ids)
-    at_extreme = jnp.where(is_floor & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
-    e, em1 = _element_terms(z, p, zref_e, at_extreme)
     series = use_log1p | (p == 0)
-    q = jnp.where(layout.expand(series, ids), em1, e)  # em1 = d0 at p = 0
+
+    def terms_sum(q):
+        return layout.sum(jnp.where(support, w * q, 0), ids)
+
+    def general():
+        z = to_log(v)
+        at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
+        e, em1 = _element_terms(z, p, zref_e, at_extreme)
+        return terms_sum(jnp.where(layout.expand(series, ids), em1, e))  # em1 = d0 at p = 0
+
+    def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
+        return terms_sum(jnp.exp(p_safe * (to_log(v) - zref_e)))
+
+    # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
+    # much as the exp itself on XLA:CPU (scripts/bench_ga.py).
+    total = jax.lax.cond(jnp.all(regular & ~use_log1p), plain, general)
     # Empty groups get the neutral sum (log S = 0) so that no Inf enters any derivative.
-    Q = jnp.where(nonempty, layout.sum(jnp.where(support, w * q, 0), ids) / W, jnp.where(series, 0, 1))
+    Q = jnp.where(nonempty, total / W, jnp.where(series, 0, 1))
     S = jnp.where(p == 0, 1, jnp.where(use_log1p, 1 + Q, Q))
     U = jnp.where(p == 0, 0, jnp.where(use_log1p, Q, Q - 1))
 
@@ -229,7 +248,11 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     # Only for segments with a per-channel reference: a log(S)-form sum far below the channel's
     # reference may underflow (and for infinite p the indicator needs the exact extreme).
     tiny = 2.0 ** (-100 if jnp.finfo(dtype).bits <= 32 else -900)
-    unreliable = nonempty & ((regular & ~use_log1p & (Q < tiny)) | ~finite)
+    # Per-channel bounds that are not finite (an infinite input without weight), or a p < 0 sum
+    # that overflowed (an input below the clamped lower bound) send it down the exact path too.
+    unreliable = nonempty & (
+        (regular & ~use_log1p & (Q < tiny)) | ~finite | ~jnp.isfinite(ref_bound) | ((p < 0) & (Q == jnp.inf))
+    )
 
     ok = nonempty & (L > -jnp.inf)
     S = jnp.where(ok & (S > 0), S, 1)
@@ -249,24 +272,23 @@ def _stats(layout, log_input, v, w, p, ids) -> _Stats:
     )
 
 
-def _kl_terms(d, t, p_safe, regular, dtype):
-    """Per-element terms of KL(s || wbar) / p^2 and of KL(s || wbar).
+def _kl_over_p2_terms(d, t, et, p_safe, regular):
+    """Per-element terms of KL(s || wbar) / p^2, given d = z - L, t = p d and et = e^t.
 
-    With t = p (z - L) and h(t) = (t - 1) e^t + 1 >= 0, KL(s || wbar) = sum_i wbar_i h(t_i).
-    Near t = 0, h(t) = t^2 P(t) with the Taylor series P; we return d^2 P(t) = h / p^2 there, which
-    stays exact as p -> 0 (it tends to d^2 / 2, giving Var(z) / 2 for the geometric mean).
+    With h(t) = (t - 1) e^t + 1 >= 0, KL(s || wbar) = sum_i wbar_i h(t_i). Near t = 0,
+    h(t) = t^2 P(t) with the Taylor series P; we return d^2 P(t) = h / p^2 there, which stays
+    exact as p -> 0 (it tends to d^2 / 2, giving Var(z) / 2 for the geometric mean). Elsewhere
+    e^t comes in as ``et`` = e / S, which the value already computed: no second exp.
     """
     small = jnp.abs(t) < _TAYLOR_RADIUS
     ts = jnp.where(small, t, 0)
+    n_terms = 9 if jnp.finfo(t.dtype).bits <= 32 else len(_KL_TAYLOR)  # truncation below rounding
     poly = jnp.zeros_like(ts)
-    for c in reversed(_KL_TAYLOR):
+    for c in reversed(_KL_TAYLOR[:n_terms]):
         poly = poly * ts + c
-    tb = jnp.where(small, _TAYLOR_RADIUS, jnp.clip(t, -1e4, 0.5 * math.log(jnp.finfo(dtype).max)))
-    h_big = (tb - 1) * jnp.exp(tb) + 1
     ds = jnp.where(small, d, 0)
-    kl_over_p2 = jnp.where(small, ds * ds * poly, h_big / (p_safe * p_safe))
-    kl = jnp.where(small, ts * ts * poly, h_big)
-    return jnp.where(regular, kl_over_p2, 0), jnp.where(regular, kl, 0)
+    h_big = (t - 1) * et + 1  # t is clipped to [-1e4, 1e4]; e^t underflowed long before -1e4
+    return jnp.where(regular, jnp.where(small, ds * ds * poly, h_big / (p_safe * p_safe)), 0)
 
 
 def _p_of(by_alpha, exponent):
@@ -295,7 +317,6 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     finite = jnp.isfinite(p)
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
-    ok_e = expand(st.ok)
     z = v if log_input else jnp.log(v)
     at_extreme = (z == expand(st.zref)).astype(dtype)  # for infinite p (only where ok: no zeros)
     e, em1 = _element_terms(z, p, expand(st.zref), at_extreme)
@@ -303,49 +324,56 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     out = st.L if log_input else st.M
 
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
-    # (w > 0: an element outside the support may have e = inf, and 0 * inf is NaN.)
-    s = jnp.where(ok_e & (w > 0), w * e / expand(st.W * st.S), 0)
+    # For x the chain rule adds M / x_i. The per-group factors, zero where the mean is not ok,
+    # are folded into one gathered array (element-level masks gathered from the groups cost as
+    # much as the exp on XLA:CPU). e <= 1 for every supported element of an ok group (its
+    # exponent is <= 0); the clamp only touches zeros with p < 0 (e = inf, in a group that is not
+    # ok) and elements without weight, so every term below stays finite and 0 * e is 0, not NaN.
+    e = jnp.minimum(e, 1)
+    ws_scale = jnp.where(st.ok, 1 / (st.W * st.S), 0)
+    if not log_input:
+        ws_scale = ws_scale * st.M
 
     d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
     if not _is_zero(dw):
         # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
         # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
         # At p = 0 the limit is (z_i - L) / W.
-        S_e, U_e, W_e = expand(st.S), expand(st.U), expand(st.W)
-        g_reg = (em1 - U_e) / S_e / p_safe
+        g_reg = (em1 - expand(st.U)) / expand(st.S) / p_safe
         g_geo = z - expand(st.L)
         g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
-        g = jnp.where(ok_e & jnp.isfinite(g), g / W_e, 0)
+        g = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.W, 0))
         d_log = d_log + layout.sum(g * dw, ids)
     if not _is_zero(dexponent):
-        # d L / d p = KL(s || wbar) / p^2;  d L / d alpha = (pi / 2) (1 + p^2) KL / p^2.
+        # d L / d p = KL(s || wbar) / p^2;  d L / d alpha = (pi / 2) (1 + p^2) KL / p^2: one sum.
+        # Terms of groups that are not ok are dropped by the group-level where; the clips keep
+        # them finite (d = -inf for a zero input), as the double-where idiom needs.
         L_safe = jnp.where(st.ok, st.L, 0)
-        d = jnp.where(ok_e, z - expand(L_safe), 0)
-        t = jnp.where(regular, p_safe * d, 0)
-        kl_p2, kl = _kl_terms(d, t, p_safe, regular | (p == 0), dtype)
-        kl_over_p2 = layout.sum(w * kl_p2, ids) / st.W
-        kl = layout.sum(w * kl, ids) / st.W
-        # p = +-inf: s is wbar restricted to the arg-max (min), KL = -log S, KL / p^2 = 0.
-        kl = jnp.where(finite, kl, -jnp.log(st.S))
-        kl_over_p2 = jnp.where(st.ok, kl_over_p2, 0)
-        kl = jnp.where(st.ok, kl, 0)
+        d = jnp.clip(z - expand(L_safe), -1e15, 1e15)
+        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -1e4, 1e4)
+        et = e / expand(st.S)  # e^t, for regular p
+        kl_p2 = _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0))
+        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.W, 0)
         if by_alpha:
-            d_log = d_log + (0.5 * jnp.pi) * (kl_over_p2 + kl) * dexponent
+            # p = +-inf: s is wbar restricted to the arg-max (min), KL = -log S, KL / p^2 = 0.
+            dlog_dalpha = jnp.where(finite, (1 + jnp.where(regular, p * p, 0)) * kl_over_p2, -jnp.log(st.S))
+            d_log = d_log + (0.5 * jnp.pi) * jnp.where(st.ok, dlog_dalpha, 0) * dexponent
         else:
             d_log = d_log + kl_over_p2 * dexponent
 
     if log_input:
         d_out = d_log
         if not _is_zero(dv):
-            d_out = d_out + layout.sum(s * dv, ids)
+            d_out = d_out + layout.sum(w * e * expand(ws_scale) * dv, ids)
     else:
         d_out = st.M * d_log
         if not _is_zero(dv):
             # d M / d x_i = M s_i / x_i. At x_i = 0 it is w_i / W for p = 1 and 0 for p > 1;
             # for p < 1 it is unbounded or depends on other zeros, and we return 0 (documented).
             x_safe = jnp.where(v > 0, v, 1)
-            c = jnp.where(v > 0, expand(st.M) * s / x_safe, 0)
-            c = jnp.where((v == 0) & (p == 1) & expand(st.ok | (st.W > 0)), w / expand(st.W), c)
+            c = jnp.where(v > 0, w * e * expand(ws_scale) / x_safe, 0)
+            at_zero = jnp.where((p == 1) & (st.ok | (st.W > 0)), 1 / st.W, 0)
+            c = jnp.where(v == 0, w * expand(at_zero), c)
             d_out = d_out + layout.sum(c * dv, ids)
     return out, d_out.astype(dtype)
 

@@ -383,6 +383,35 @@ def test_segment_large_p_and_zeros_float32():
     np.testing.assert_allclose(segment_ga(data, ids, 3, 1e6)[0, 0], 1e6 * (1 / 3) ** 1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["weightless_outliers", "zero_with_negative_p", "weightless_inf"])
+def test_segment_loose_channel_bounds_fall_back_to_exact(case):
+    """segment_ga takes its reference from unmasked per-channel bounds; rows without weight far
+    outside a segment's range, zeros with p < 0 and infinite rows without weight must still give
+    the per-segment values (through the exact fallback) and finite gradients."""
+    rng = np.random.default_rng(21)
+    data = rng.uniform(0.5, 2.0, (12, 2)).astype(np.float32)
+    w = np.ones(12, np.float32)
+    ids = np.repeat(np.arange(4), 3)
+    if case == "weightless_outliers":
+        data[0], w[0] = 1e30, 0.0  # underflows segment sums against the channel max for p > 0
+        data[3], w[3] = 1e-30, 0.0  # and against the channel min for p < 0
+    elif case == "zero_with_negative_p":
+        data[0] = 0.0  # the channel's lower bound is clamped, so other segments underflow
+    else:
+        data[0], w[0] = np.inf, 0.0
+    for alpha in [-0.9, -0.4, 0.3, 0.9]:
+        out = segment_ga(data, ids, 4, alpha=alpha, weights=w, indices_are_sorted=True)
+        for s in range(4):
+            m = (ids == s) & (w > 0)
+            ref = ga(data[m].T.astype(np.float64), alpha=alpha)
+            np.testing.assert_allclose(out[s], ref, rtol=2e-5, err_msg=f"{case} alpha={alpha} segment {s}")
+        grads = jax.grad(
+            lambda d, a: (segment_ga(d, ids, 4, alpha=a, weights=w, indices_are_sorted=True) ** 2).sum(), (0, 1)
+        )(jnp.asarray(data), alpha)
+        finite_rows = np.isfinite(data).all(axis=1)
+        assert np.all(np.isfinite(np.asarray(grads[0])[finite_rows])) and np.isfinite(grads[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Transformations
 # ---------------------------------------------------------------------------------------------
