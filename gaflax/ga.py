@@ -211,8 +211,6 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     spread = to_log(hi) - to_log(lo)
     use_log1p = regular & (jnp.abs(p_safe) * jnp.where(spread >= 0, spread, jnp.inf) < 0.567)
 
-    # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
-    # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
     zref_e = layout.expand(zref, ids)
     series = use_log1p | (p == 0)
 
@@ -220,6 +218,8 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
         return layout.sum(jnp.where(support, w * q, 0), ids)
 
     def general():
+        # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
+        # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
         z = to_log(v)
         at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
         e, em1 = _element_terms(z, p, zref_e, at_extreme)
