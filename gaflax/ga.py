@@ -139,6 +139,8 @@ class _Stats(NamedTuple):
     zref: jax.Array  # the reference log-value (log of the max / min input) of the exponents
     use_log1p: jax.Array  # bool: the log1p(U) branch (Taylor expm1 terms) was used
     unreliable: jax.Array  # bool: the per-channel reference is not good enough (segments)
+    zref_coarse: jax.Array  # the reference from layout.bounds (per channel for segments)
+    exact: jax.Array  # scalar bool: zref is the per-segment reference, not zref_coarse
 
 
 def _expm1_over_t(t):
@@ -169,11 +171,13 @@ def _element_terms(z, p, zref_e, at_extreme_e):
     return e, em1
 
 
-def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
+def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stats:
     """Compute the mean and the per-group terms its derivatives need.
 
-    ``v``: element values (x, or z when ``log_input``); ``w``: weights broadcastable to ``v``
-    (same rank); ``p``: exponent broadcastable to the groups and elements (same rank).
+    ``v``: element values (x, or z when ``log_input``); ``z``: their logs (``v`` itself when
+    ``log_input``) when the caller shares them with the JVP, or None to take them here; ``w``:
+    weights broadcastable to ``v`` (same rank); ``p``: exponent broadcastable to the groups and
+    elements (same rank).
 
     Reference: the max of x for p >= 0 and the min of the non-zero x for p < 0, so that every
     exponent p (z - zref) <= 0. By default it comes from ``layout.bounds``: exact per group for
@@ -204,6 +208,8 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
         ref = sign * layout.max(jnp.where(support & ~((v == floor) & (p < 0)), sign * v, -jnp.inf), ids)
     else:
         ref = jnp.where(p >= 0, hi, lo)
+    coarse = jnp.where(p >= 0, hi, lo)  # equal to ref unless exact_reference
+    zref_coarse = to_log(jnp.where(jnp.isfinite(coarse) & (coarse > floor), coarse, 0 if log_input else 1))
     ref_bound = ref
     has_ref = jnp.isfinite(ref) & (ref > floor)
     ref = jnp.where(has_ref, ref, 0 if log_input else 1)
@@ -214,19 +220,22 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     zref_e = layout.expand(zref, ids)
     series = use_log1p | (p == 0)
 
+    # The value alone takes the log inside each branch, where it fuses into the sum's terms.
+    logs = (lambda: to_log(v)) if z is None else (lambda: z)
+
     def terms_sum(q):
         return layout.sum(jnp.where(support, w * q, 0), ids)
 
     def general():
         # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
         # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
-        z = to_log(v)
+        z = logs()
         at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
         e, em1 = _element_terms(z, p, zref_e, at_extreme)
         return terms_sum(jnp.where(layout.expand(series, ids), em1, e))  # em1 = d0 at p = 0
 
     def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
-        return terms_sum(jnp.exp(p_safe * (to_log(v) - zref_e)))
+        return terms_sum(jnp.exp(p_safe * (logs() - zref_e)))
 
     # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
     # much as the exp itself on XLA:CPU (scripts/bench_ga.py).
@@ -257,18 +266,18 @@ def _forward(layout, log_input, v, w, p, ids, exact_reference=False) -> _Stats:
     ok = nonempty & (L > -jnp.inf)
     S = jnp.where(ok & (S > 0), S, 1)
     group = lambda a: jnp.broadcast_to(a, L.shape)  # noqa: E731  (same shapes in both cond branches)
-    return _Stats(L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable)
+    return _Stats(L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable, zref_coarse, jnp.asarray(exact_reference))
 
 
-def _stats(layout, log_input, v, w, p, ids) -> _Stats:
+def _stats(layout, log_input, v, z, w, p, ids) -> _Stats:
     """Dense arrays: the coarse reference is exact. Segments: the per-channel reference, unless
     some segment's sum underflowed or p is infinite; then the per-segment reference
     (``lax.cond`` runs only one branch, so the common case costs no segment max)."""
-    st = _forward(layout, log_input, v, w, p, ids)
+    st = _forward(layout, log_input, v, z, w, p, ids)
     if isinstance(layout, _Dense):
         return st
     return jax.lax.cond(
-        jnp.any(st.unreliable), lambda: _forward(layout, log_input, v, w, p, ids, exact_reference=True), lambda: st
+        jnp.any(st.unreliable), lambda: _forward(layout, log_input, v, z, w, p, ids, exact_reference=True), lambda: st
     )
 
 
@@ -302,7 +311,7 @@ def _is_zero(t):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _mean(layout, log_input, by_alpha, v, w, exponent, ids):
     """log M (``log_input``) or M of ``v``; ``exponent`` is alpha (``by_alpha``) or p."""
-    st = _stats(layout, log_input, v, w, _p_of(by_alpha, exponent), ids)
+    st = _stats(layout, log_input, v, None, w, _p_of(by_alpha, exponent), ids)
     return st.L if log_input else st.M
 
 
@@ -311,71 +320,94 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     v, w, exponent, ids = primals
     dv, dw, dexponent, _ = tangents
     p = _p_of(by_alpha, exponent)
-    st = _stats(layout, log_input, v, w, p, ids)
+    z = v if log_input else jnp.log(v)  # shared by the value and the coefficients
+    st = _stats(layout, log_input, v, z, w, p, ids)
+    wanted = (not _is_zero(dv), not _is_zero(dw), not _is_zero(dexponent))
+    coefficients = functools.partial(_jvp_coefficients, layout, log_input, v, z, w, p, ids, st, wanted)
+    if isinstance(layout, _Dense):
+        c_v, g_w, kl_over_p2 = coefficients(st.zref)
+    else:
+        # One branch runs. With the per-channel reference (the common case) the element terms
+        # need no E x F gather of it, and XLA fuses each branch on its own.
+        c_v, g_w, kl_over_p2 = jax.lax.cond(
+            st.exact, lambda: coefficients(layout.expand(st.zref, ids)), lambda: coefficients(st.zref_coarse)
+        )
+
+    d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
+    if wanted[1]:
+        d_log = d_log + layout.sum(g_w * dw, ids)
+    if wanted[2]:
+        if by_alpha:
+            # d L / d alpha = (pi / 2) (1 + p^2) KL / p^2. At p = +-inf, s is wbar restricted to the
+            # arg-max (min): KL = -log S and KL / p^2 = 0.
+            finite, regular = jnp.isfinite(p), jnp.isfinite(p) & (p != 0)
+            dlog_dalpha = jnp.where(finite, (1 + jnp.where(regular, p * p, 0)) * kl_over_p2, -jnp.log(st.S))
+            d_log = d_log + (0.5 * jnp.pi) * jnp.where(st.ok, dlog_dalpha, 0) * dexponent
+        else:
+            d_log = d_log + kl_over_p2 * dexponent
+    d_out = d_log if log_input else st.M * d_log
+    if wanted[0]:
+        d_out = d_out + layout.sum(c_v * dv, ids)
+    return (st.L if log_input else st.M), d_out.astype(v.dtype)
+
+
+def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
+    """The per-element factors of the JVP, given the group statistics ``st`` and the reference
+    ``zref_e`` (broadcastable to the elements):
+
+      c_v  with  d out = sum c_v dv    (d M / d x_i, or d L / d z_i for log inputs),
+      g_w  with  d L = sum g_w dw      (d L / d w_i),
+      kl_over_p2 = KL(s || wbar) / p^2 per group (d L / d p).
+
+    Entries that are not ``wanted`` are None. Zero where the mean is not ok.
+    """
+    want_v, want_w, want_p = wanted
     expand = functools.partial(layout.expand, ids=ids)
     dtype = v.dtype
     finite = jnp.isfinite(p)
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
-    z = v if log_input else jnp.log(v)
-    at_extreme = (z == expand(st.zref)).astype(dtype)  # for infinite p (only where ok: no zeros)
-    e, em1 = _element_terms(z, p, expand(st.zref), at_extreme)
-    em1 = jnp.where(expand(st.use_log1p), em1, e - 1)
-    out = st.L if log_input else st.M
-
+    at_extreme = (z == zref_e).astype(dtype)  # for infinite p (only where ok: no zeros)
+    e, em1 = _element_terms(z, p, zref_e, at_extreme)
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
     # For x the chain rule adds M / x_i. The per-group factors, zero where the mean is not ok,
     # are folded into one gathered array (element-level masks gathered from the groups cost as
     # much as the exp on XLA:CPU). e <= 1 for every supported element of an ok group (its
     # exponent is <= 0); the clamp only touches zeros with p < 0 (e = inf, in a group that is not
     # ok) and elements without weight, so every term below stays finite and 0 * e is 0, not NaN.
-    e = jnp.minimum(e, 1)
-    ws_scale = jnp.where(st.ok, 1 / (st.W * st.S), 0)
-    if not log_input:
-        ws_scale = ws_scale * st.M
-
-    d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
-    if not _is_zero(dw):
-        # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
-        # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
-        # At p = 0 the limit is (z_i - L) / W.
-        g_reg = (em1 - expand(st.U)) / expand(st.S) / p_safe
-        g_geo = z - expand(st.L)
-        g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
-        g = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.W, 0))
-        d_log = d_log + layout.sum(g * dw, ids)
-    if not _is_zero(dexponent):
-        # d L / d p = KL(s || wbar) / p^2;  d L / d alpha = (pi / 2) (1 + p^2) KL / p^2: one sum.
-        # Terms of groups that are not ok are dropped by the group-level where; the clips keep
-        # them finite (d = -inf for a zero input), as the double-where idiom needs.
-        L_safe = jnp.where(st.ok, st.L, 0)
-        d = jnp.clip(z - expand(L_safe), -1e15, 1e15)
-        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -1e4, 1e4)
-        et = e / expand(st.S)  # e^t, for regular p
-        kl_p2 = _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0))
-        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.W, 0)
-        if by_alpha:
-            # p = +-inf: s is wbar restricted to the arg-max (min), KL = -log S, KL / p^2 = 0.
-            dlog_dalpha = jnp.where(finite, (1 + jnp.where(regular, p * p, 0)) * kl_over_p2, -jnp.log(st.S))
-            d_log = d_log + (0.5 * jnp.pi) * jnp.where(st.ok, dlog_dalpha, 0) * dexponent
+    e_capped = jnp.minimum(e, 1)
+    c_v = g_w = kl_over_p2 = None
+    if want_v:
+        ws_scale = jnp.where(st.ok, 1 / (st.W * st.S), 0)
+        if log_input:
+            c_v = w * e_capped * expand(ws_scale)
         else:
-            d_log = d_log + kl_over_p2 * dexponent
-
-    if log_input:
-        d_out = d_log
-        if not _is_zero(dv):
-            d_out = d_out + layout.sum(w * e * expand(ws_scale) * dv, ids)
-    else:
-        d_out = st.M * d_log
-        if not _is_zero(dv):
             # d M / d x_i = M s_i / x_i. At x_i = 0 it is w_i / W for p = 1 and 0 for p > 1;
             # for p < 1 it is unbounded or depends on other zeros, and we return 0 (documented).
             x_safe = jnp.where(v > 0, v, 1)
-            c = jnp.where(v > 0, w * e * expand(ws_scale) / x_safe, 0)
+            c_v = jnp.where(v > 0, w * e_capped * expand(ws_scale * st.M) / x_safe, 0)
             at_zero = jnp.where((p == 1) & (st.ok | (st.W > 0)), 1 / st.W, 0)
-            c = jnp.where(v == 0, w * expand(at_zero), c)
-            d_out = d_out + layout.sum(c * dv, ids)
-    return out, d_out.astype(dtype)
+            c_v = jnp.where(v == 0, w * expand(at_zero), c_v)
+    if want_w:
+        # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
+        # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
+        # At p = 0 the limit is (z_i - L) / W.
+        em1 = jnp.where(expand(st.use_log1p), em1, e - 1)
+        g_reg = (em1 - expand(st.U)) / expand(st.S) / p_safe
+        g_geo = z - expand(st.L)
+        g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
+        g_w = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.W, 0))
+    if want_p:
+        # d L / d p = KL(s || wbar) / p^2, one sum. Terms of groups that are not ok are dropped by
+        # the group-level where; the clips keep them finite (d = -inf for a zero input), as the
+        # double-where idiom needs.
+        L_safe = jnp.where(st.ok, st.L, 0)
+        d = jnp.clip(z - expand(L_safe), -1e15, 1e15)
+        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -1e4, 1e4)
+        et = e_capped / expand(st.S)  # e^t, for regular p
+        kl_p2 = _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0))
+        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.W, 0)
+    return c_v, g_w, kl_over_p2
 
 
 # ----------------------------------------------------------------------------------------------
