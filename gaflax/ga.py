@@ -141,6 +141,7 @@ class _Stats(NamedTuple):
     unreliable: jax.Array  # bool: the per-channel reference is not good enough (segments)
     zref_coarse: jax.Array  # the reference from layout.bounds (per channel for segments)
     exact: jax.Array  # scalar bool: zref is the per-segment reference, not zref_coarse
+    e: jax.Array | None  # element terms exp(p (z - zref)) (p = 1 if 0 or infinite); JVP only
 
 
 def _expm1_over_t(t):
@@ -154,17 +155,18 @@ def _expm1_over_t(t):
     return acc
 
 
-def _element_terms(z, p, zref_e, at_extreme_e):
+def _element_terms(z, p, zref_e, at_extreme_e, e_regular=None):
     """Per element: e = exp(p d0) and em1 = e - 1 with d0 = z - zref (a Taylor series for |p d0| <
     0.6). At p = 0, e = 1 and em1 = d0, the terms of the geometric mean. For infinite p, e is
     ``at_extreme_e`` (the indicator of the arg-max or arg-min) and em1 is meaningless.
+    ``e_regular``, if given, is exp(p d0) already computed with p = 1 where p is 0 or infinite.
 
     Written with group-level selects only: an element-level select between two gathered
     quantities made XLA:CPU's scatter 5x slower (scripts/bench_ga.py).
     """
     p_lin = jnp.where(jnp.isfinite(p) & (p != 0), p, 1)  # 1 at p = 0: t0 = d0
     t0 = p_lin * (z - zref_e)
-    e = jnp.exp(t0 * (p != 0).astype(t0.dtype))  # exp(0) = 1 at p = 0
+    e = jnp.where(p != 0, jnp.exp(t0) if e_regular is None else e_regular, 1)
     series = (jnp.abs(t0) < 0.6) | (p == 0)
     em1 = jnp.where(series, t0 * _expm1_over_t(jnp.where(series & (p != 0), t0, 0)), e - 1)
     e = jnp.where(jnp.isfinite(p), e, at_extreme_e)
@@ -220,8 +222,10 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stat
     zref_e = layout.expand(zref, ids)
     series = use_log1p | (p == 0)
 
-    # The value alone takes the log inside each branch, where it fuses into the sum's terms.
+    # The value alone takes the log inside each branch, where it fuses into the sum's terms. The
+    # JVP passes z and gets the exp terms back, so that its coefficients need no second exp.
     logs = (lambda: to_log(v)) if z is None else (lambda: z)
+    e_shared = None if z is None else jnp.exp(p_safe * (z - zref_e))
 
     def terms_sum(q):
         return layout.sum(jnp.where(support, w * q, 0), ids)
@@ -231,11 +235,11 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stat
         # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
         z = logs()
         at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
-        e, em1 = _element_terms(z, p, zref_e, at_extreme)
+        e, em1 = _element_terms(z, p, zref_e, at_extreme, e_shared)
         return terms_sum(jnp.where(layout.expand(series, ids), em1, e))  # em1 = d0 at p = 0
 
     def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
-        return terms_sum(jnp.exp(p_safe * (logs() - zref_e)))
+        return terms_sum(jnp.exp(p_safe * (logs() - zref_e)) if e_shared is None else e_shared)
 
     # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
     # much as the exp itself on XLA:CPU (scripts/bench_ga.py).
@@ -266,7 +270,9 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stat
     ok = nonempty & (L > -jnp.inf)
     S = jnp.where(ok & (S > 0), S, 1)
     group = lambda a: jnp.broadcast_to(a, L.shape)  # noqa: E731  (same shapes in both cond branches)
-    return _Stats(L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable, zref_coarse, jnp.asarray(exact_reference))
+    return _Stats(
+        L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable, zref_coarse, jnp.asarray(exact_reference), e_shared
+    )
 
 
 def _stats(layout, log_input, v, z, w, p, ids) -> _Stats:
@@ -368,7 +374,7 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
     at_extreme = (z == zref_e).astype(dtype)  # for infinite p (only where ok: no zeros)
-    e, em1 = _element_terms(z, p, zref_e, at_extreme)
+    e, em1 = _element_terms(z, p, zref_e, at_extreme, st.e)
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
     # For x the chain rule adds M / x_i. The per-group factors, zero where the mean is not ok,
     # are folded into one gathered array (element-level masks gathered from the groups cost as

@@ -14,6 +14,13 @@ for
   * ``segment_ga (x, alpha)``  -- gradient w.r.t. data and a learned per-channel alpha;
   * ``pyg_powermean``          -- torch_geometric's PowerMeanAggregation(learn=True), if installed.
 It prints a table of median ms and effective GB/s (bytes of data in + out / time) and writes JSON.
+
+XLA:CPU allocates each call's temporaries afresh, and glibc returns blocks above 32 MB (and any
+block allocated from a worker thread's arena) to the kernel on free, so every call page-faults its
+temporaries again. The JSON records GLIBC_TUNABLES; the README gives both settings:
+
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4000000000 \
+        python scripts/bench_ga.py
 """
 
 from __future__ import annotations
@@ -159,7 +166,7 @@ def main():
 
     meta = dict(jax=jax.__version__, device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
                 machine=platform.machine(), python=platform.python_version(), pyg=pyg_version,
-                repeats=args.repeats)
+                repeats=args.repeats, glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
