@@ -5,7 +5,8 @@
     python scripts/bench_ga.py --out results/bench_ga.json
 
 For each shape (E messages x F channels -> N segments, sorted receivers as in a GNN) it times,
-in one process so that ratios are comparable, the median over --repeats runs of
+in one process and in interleaved rounds so that ratios are comparable, the median over
+--repeats rounds (more for fast shapes, to fill 2 s) of
   * forward, and forward + backward (value and gradient of sum(out * cotangent)),
 for
   * ``segment_sum``            -- the cheapest possible segment reduction (the yardstick);
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import platform
@@ -46,14 +48,25 @@ SHAPES = {
 }
 
 
-def _median_ms(fn, repeats):
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
+def _interleaved_medians_ms(fns, repeats, min_seconds=2.0):
+    """Median ms of each callable, timed in rounds that call every one of them once, so that the
+    machine's slow and fast spells (large on shared CPUs) hit all methods alike. After a warm-up
+    call (and compile), as many rounds as ``repeats`` or, for fast cases, as fill ``min_seconds``.
+    """
+    warm = {}
+    for name, fn in fns.items():
+        fn()
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        warm[name] = time.perf_counter() - start
+    rounds = max(repeats, min(200, math.ceil(min_seconds / max(sum(warm.values()), 1e-6))))
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, rounds
 
 
 def jax_cases(x, ids, n, ct):
@@ -139,13 +152,15 @@ def main():
             extra, pyg_version = pyg_cases(x_np, ids_np, n, ct_np)
             cases.update(extra)
         gbytes = 4 * (e * f + n * f) / 1e9
-        for name, (fwd, fwd_bwd) in cases.items():
-            t_f = _median_ms(fwd, args.repeats)
-            t_fb = _median_ms(fwd_bwd, args.repeats)
+        fns = {(name, "fwd"): fwd for name, (fwd, _) in cases.items()}
+        fns.update({(name, "fwd_bwd"): fwd_bwd for name, (_, fwd_bwd) in cases.items()})
+        medians, rounds = _interleaved_medians_ms(fns, args.repeats)
+        for name in cases:
+            t_f, t_fb = medians[(name, "fwd")], medians[(name, "fwd_bwd")]
             rows.append(dict(shape=shape_name, E=e, F=f, N=n, method=name, fwd_ms=t_f, fwd_bwd_ms=t_fb,
-                             fwd_gbps=gbytes / (t_f / 1e3), fwd_bwd_gbps=2 * gbytes / (t_fb / 1e3)))
-            print(f"  {shape_name:>5} {name:<24} fwd {t_f:9.2f} ms   fwd+bwd {t_fb:9.2f} ms", flush=True)
-        del cases
+                             fwd_gbps=gbytes / (t_f / 1e3), fwd_bwd_gbps=2 * gbytes / (t_fb / 1e3), rounds=rounds))
+            print(f"  {shape_name:>5} {name:<24} fwd {t_f:9.2f} ms   fwd+bwd {t_fb:9.2f} ms   ({rounds} rounds)", flush=True)
+        del cases, fns
 
     # Ratios against segment_sum (and PyG) within the same shape, measured in this one run.
     base = {(r["shape"]): r for r in rows if r["method"] == "segment_sum"}
