@@ -326,7 +326,10 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     v, w, exponent, ids = primals
     dv, dw, dexponent, _ = tangents
     p = _p_of(by_alpha, exponent)
-    z = v if log_input else jnp.log(v)  # shared by the value and the coefficients
+    # log x is shared by the value and the coefficients. The select changes nothing (log of a
+    # negative is NaN either way) but makes it a loop fusion, which XLA:CPU splits over the
+    # cores; a bare log it ran on one (5-10 % of a learned-alpha step, scripts/bench_ga.py).
+    z = v if log_input else jnp.log(jnp.where(v >= 0, v, jnp.nan))
     st = _stats(layout, log_input, v, z, w, p, ids)
     wanted = (not _is_zero(dv), not _is_zero(dw), not _is_zero(dexponent))
     coefficients = functools.partial(_jvp_coefficients, layout, log_input, v, z, w, p, ids, st, wanted)
