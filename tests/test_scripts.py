@@ -75,3 +75,28 @@ def test_plot_alpha_writes_pngs(jr, tmp_path, capsys):
     plot.main(["trajectories", str(tmp_path / "run"), "--out", str(tmp_path / "traj.png")])
     for name in ("acc.png", "syn.png", "traj.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_ga_cases_compute_the_same_means():
+    """The benchmark compares like with like: its power mean cases agree, and the floor is the plain
+    power sum."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    bench = _script("bench_ga")
+    rng = np.random.default_rng(0)
+    e, f, n = 300, 4, 20
+    ids = jnp.asarray(np.sort(rng.integers(0, n - 1, e)).astype(np.int32))  # the last segment is empty
+    x = jnp.asarray(rng.uniform(0.05, 5.0, (e, f)).astype(np.float32))
+    ct = jnp.asarray(rng.normal(size=(n, f)).astype(np.float32))
+    cases = bench.jax_cases(x, ids, n, ct)
+    fwd = {name: np.asarray(pair[0]()) for name, pair in cases.items()}
+    p = float(jnp.tan(jnp.pi * 0.3 / 2))
+    np.testing.assert_allclose(fwd["segment_sum"], jax.ops.segment_sum(x, ids, n), rtol=1e-6)
+    np.testing.assert_allclose(fwd["power_sum (floor)"], jax.ops.segment_sum(x**p, ids, n), rtol=1e-5)
+    np.testing.assert_allclose(fwd["segment_ga (x)"], fwd["naive_pmean"], rtol=1e-5)
+    np.testing.assert_array_equal(fwd["segment_ga (x)"], fwd["segment_ga (x, alpha)"])
+    for name, (_, fwd_bwd) in cases.items():
+        value, grads = fwd_bwd()
+        assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
