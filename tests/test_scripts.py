@@ -1,10 +1,14 @@
-"""scripts/make_table.py and scripts/plot_alpha.py on a small journal."""
+"""scripts/make_table.py and scripts/plot_alpha.py on a small journal; scripts/bench_ga.py's cases."""
 
 import importlib.util
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import gaflax
 from gaflax import journal as gj
 from gaflax.config import Config
 from gaflax.train import train_and_evaluate
@@ -80,10 +84,6 @@ def test_plot_alpha_writes_pngs(jr, tmp_path, capsys):
 def test_bench_ga_cases_compute_the_same_means():
     """The benchmark compares like with like: its power mean cases agree, and the floor is the plain
     power sum."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     bench = _script("bench_ga")
     rng = np.random.default_rng(0)
     e, f, n = 300, 4, 20
@@ -92,7 +92,7 @@ def test_bench_ga_cases_compute_the_same_means():
     ct = jnp.asarray(rng.normal(size=(n, f)).astype(np.float32))
     cases = bench.jax_cases(x, ids, n, ct)
     fwd = {name: np.asarray(pair[0]()) for name, pair in cases.items()}
-    p = float(jnp.tan(jnp.pi * 0.3 / 2))
+    p = gaflax.p_from_alpha(0.3)  # the exponent jax_cases uses
     np.testing.assert_allclose(fwd["segment_sum"], jax.ops.segment_sum(x, ids, n), rtol=1e-6)
     np.testing.assert_allclose(fwd["power_sum (floor)"], jax.ops.segment_sum(x**p, ids, n), rtol=1e-5)
     np.testing.assert_allclose(fwd["segment_ga (x)"], fwd["naive_pmean"], rtol=1e-5)
