@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.loggers import make_writers
 from gaflax.config import Config
 from gaflax.journal import Journal
-from gaflax.train import grid_members, train_and_evaluate, train_grid
+from gaflax.tasks import grid_members
+from gaflax.train import train_and_evaluate, train_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
 
@@ -88,7 +89,7 @@ def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
 
 
 def _model_name(config: Config) -> str:
-    return config.pool.name if config.model.name == "gat" else config.model.name
+    return config.pool.name if hasattr(config.model, "heads") else config.model.name
 
 
 def _journal(settings) -> Journal | None:

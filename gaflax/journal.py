@@ -38,6 +38,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
@@ -143,7 +145,7 @@ class Journal:
     def __init__(self, path=None, *, stale_after: float = 600.0, heartbeat_every: float = 30.0):
         self.path = pathlib.Path(path) if path is not None else default_path()
         self.stale_after, self.heartbeat_every = stale_after, heartbeat_every
-        self._last_beat = 0.0
+        self._last_beat: dict[int, float] = {}  # per run: a grid's members each get their own
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
@@ -212,14 +214,39 @@ class Journal:
             return not pid_alive(row["pid"])
         return now - row["heartbeat_at"] > self.stale_after
 
-    def heartbeat(self, run_id: int):
-        """Say the run is alive (rate-limited to one write per ``heartbeat_every`` seconds)."""
+    def heartbeat(self, *run_ids: int):
+        """Say these runs are alive, in one statement (rate-limited per run to one write per
+        ``heartbeat_every`` seconds)."""
         now = time.time()
-        if now - self._last_beat < self.heartbeat_every:
+        due = [r for r in run_ids if now - self._last_beat.get(r, 0.0) >= self.heartbeat_every]
+        if not due:
             return
-        self._last_beat = now
+        self._last_beat.update(dict.fromkeys(due, now))
         with self._connect() as db:
-            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now, run_id))
+            db.execute(f"UPDATE runs SET heartbeat_at = ? WHERE id IN ({', '.join('?' * len(due))})", (now, *due))
+
+    @contextlib.contextmanager
+    def claim(self, experiments: list[dict], *, on_duplicate: str = "skip", device=None) -> Iterator["Claim"]:
+        """Claim a group of runs (one, or a grid's members) for the duration of a ``with`` block.
+
+        ``experiments``: per run, ``begin``'s arguments (``config``, ``data_fingerprint``,
+        ``hypothesis``, ``run_dir``). The yielded ``Claim`` says which runs to train and holds
+        the earlier results of those the journal skips; inside the block, ``heartbeat()`` marks
+        every claimed run alive and ``finish(i, results)`` records one as done. When the block
+        raises, every claimed run not yet finished is recorded as failed with the traceback; when
+        it ends with some unfinished, those are failed as "ended without results".
+        """
+        decisions = [self.begin(on_duplicate=on_duplicate, device=device, **e) for e in experiments]
+        claim = Claim(self, decisions)
+        try:
+            yield claim
+        except BaseException:
+            error = traceback.format_exc()
+            for run_id in claim.unfinished():
+                self.fail(run_id, error)
+            raise
+        for run_id in claim.unfinished():
+            self.fail(run_id, "ended without results")
 
     def finish(self, run_id: int, results: dict):
         with self._connect() as db:
@@ -260,6 +287,46 @@ class Journal:
         if row is None:
             raise KeyError(f"journal {self.path}: no run with id {run_id}")
         return _parse(row)
+
+
+class Claim:
+    """The runs a ``Journal.claim`` block trains (see there). Without a journal
+    (``Claim(None, n)``) every run trains and nothing is recorded."""
+
+    def __init__(self, journal: Journal | None, decisions: list[Decision] | int):
+        self.journal = journal
+        self.decisions = [Decision(True)] * decisions if isinstance(decisions, int) else decisions
+        self._finished: set[int] = set()
+
+    @property
+    def todo(self) -> list[int]:
+        """Indices of the runs to train."""
+        return [i for i, d in enumerate(self.decisions) if d.run]
+
+    def earlier(self, i: int) -> dict | None:
+        """The earlier run's journal row standing in for run ``i`` (None when ``i`` trains)."""
+        return self.decisions[i].earlier
+
+    def run_id(self, i: int) -> int | None:
+        return self.decisions[i].run_id
+
+    def unfinished(self) -> list[int]:
+        return [d.run_id for d in self.decisions if d.run_id is not None and d.run_id not in self._finished]
+
+    def heartbeat(self):
+        ids = self.unfinished()
+        if self.journal is not None and ids:
+            self.journal.heartbeat(*ids)
+
+    def finish(self, i: int, results: dict) -> dict:
+        """Record run ``i`` as done; returns its results with ``journal/run_id`` added."""
+        run_id = self.decisions[i].run_id
+        if self.journal is None or run_id is None:
+            return results
+        results = {**results, "journal/run_id": run_id}
+        self.journal.finish(run_id, results)
+        self._finished.add(run_id)
+        return results
 
 
 def _parse(row) -> dict:

@@ -16,13 +16,16 @@ that count; padded or held-out ones are 0), and return a scalar.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from gaflax.config import LossConfig
 from gaflax.ga import ga
-
-LOSSES = ("ce", "weighted_ce", "focal", "ga", "mse")
+from gaflax.registry import Registry
 
 
 def _mask(labels, mask):
@@ -79,16 +82,25 @@ def mean_squared_error(outputs, targets, mask=None):
     return _masked_mean(jnp.square(outputs[:, 0] - targets), _mask(targets, mask))
 
 
-def make_loss(name: str, *, gamma: float = 2.0, p=None, alpha=None, per_class: bool = False):
-    """``loss(logits, labels, mask)`` by name (one of ``LOSSES``), with its options bound."""
-    if name == "ce":
-        return cross_entropy
-    if name == "weighted_ce":
-        return class_weighted_cross_entropy
-    if name == "focal":
-        return lambda logits, labels, mask=None: focal_loss(logits, labels, mask, gamma=gamma)
-    if name == "mse":
-        return mean_squared_error
-    if name == "ga":
-        return lambda logits, labels, mask=None: ga_loss(logits, labels, mask, p=p, alpha=alpha, per_class=per_class)
-    raise ValueError(f"make_loss: unknown loss {name!r}; expected one of {LOSSES}")
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A registered loss: ``bind(LossConfig) -> loss(outputs, labels, mask)`` with the config's
+    options bound, and the task it fits (``classification`` or ``regression``)."""
+
+    bind: Callable[[LossConfig], Callable]
+    task: str = "classification"
+
+
+LOSSES: Registry[Loss] = Registry("loss", {
+    "ce": Loss(lambda c: cross_entropy),
+    "weighted_ce": Loss(lambda c: class_weighted_cross_entropy),
+    "focal": Loss(lambda c: lambda logits, labels, mask=None: focal_loss(logits, labels, mask, gamma=c.gamma)),
+    "ga": Loss(lambda c: lambda logits, labels, mask=None: ga_loss(logits, labels, mask, alpha=c.alpha,
+                                                                  per_class=c.per_class)),
+    "mse": Loss(lambda c: mean_squared_error, task="regression"),
+})
+
+
+def make_loss(config: LossConfig):
+    """``loss(outputs, labels, mask)`` for ``config.name`` (a name in ``LOSSES``), options bound."""
+    return LOSSES.lookup(config.name, "loss.name").bind(config)

@@ -5,8 +5,10 @@ attention with LeakyReLU(0.2), attention normalised per receiver with a segment 
 on the inputs and on the attention coefficients, and concatenated or averaged heads. ``v2=True``
 gives GATv2 (Brody et al. 2022): the nonlinearity comes before the attention vector.
 
-The aggregation is chosen by name from ``gaflax.pooling``; ``weighted_sum`` is the standard GAT.
-The GA exponent is fixed, or learned per ``layer``, ``head`` or ``channel`` through
+The aggregation is a function with the ``gaflax.pooling`` signature, passed in (as jraph's layers
+take ``aggregate_edges_for_nodes_fn``); ``pooling.weighted_sum`` is the standard GAT. Operators
+that take an exponent get it from an ``ExponentSpec``: fixed, or learned per ``layer``, ``head`` or
+``channel`` through
 ``alpha = tanh(lr_mult * theta)``: bounded in (-1, 1) by construction, and ``lr_mult`` scales how
 fast Adam moves it (Adam's step in ``theta`` is about the learning rate, whatever the gradient's
 size, so the reparameterisation is an effective per-parameter learning-rate multiplier).
@@ -14,7 +16,8 @@ size, so the reparameterisation is an effective per-parameter learning-rate mult
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -24,30 +27,29 @@ import numpy as np
 
 from gaflax import pooling
 from gaflax.compat import jraph
-
-ALPHA_SCOPES = ("layer", "head", "channel")
+from gaflax.config import Config
+from gaflax.pooling import ExponentSpec
+from gaflax.registry import Registry
 
 
 class Exponent(nn.Module):
     """The GA exponent alpha, of shape [] (layer), [H, 1] (head) or [H, C] (channel)."""
 
-    init_alpha: float = 0.5
-    learn: bool = False
-    level: str = "layer"  # ("scope" is taken by linen)
-    lr_mult: float = 1.0
+    spec: ExponentSpec
 
     @nn.compact
     def __call__(self, heads: int, channels: int, fixed=None):
-        """``fixed`` (a scalar, possibly traced) replaces ``init_alpha`` of a fixed exponent: a
+        """``fixed`` (a scalar, possibly traced) replaces the initial value of a fixed exponent: a
         vmapped grid passes each member's alpha this way."""
-        shape = {"layer": (), "head": (heads, 1), "channel": (heads, channels)}[self.level]
-        if not self.learn:
-            value = self.init_alpha if fixed is None else fixed
+        spec = self.spec
+        shape = {"layer": (), "head": (heads, 1), "channel": (heads, channels)}[spec.scope]
+        if not spec.learn:
+            value = spec.init if fixed is None else fixed
             return jnp.broadcast_to(jnp.asarray(value, jnp.float32), shape)
         # Start strictly inside (-1, 1) so that theta is finite.
-        start = float(np.arctanh(np.clip(self.init_alpha, -0.999, 0.999))) / self.lr_mult
+        start = float(np.arctanh(np.clip(spec.init, -0.999, 0.999))) / spec.lr_mult
         theta = self.param("alpha_theta", nn.initializers.constant(start), shape, jnp.float32)
-        return jnp.tanh(self.lr_mult * theta)
+        return jnp.tanh(spec.lr_mult * theta)
 
 
 def _fmix32(h):
@@ -134,22 +136,14 @@ class Dropout(nn.Module):
         return x.replace(values=dropped) if sparse else dropped
 
 
-class GATLayer(nn.Module):
-    """One GAT / GATv2 layer on a jraph.GraphsTuple (``nodes`` [N, F]) -> new node features.
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+    """What every GAT layer of a model shares: the aggregator (a ``gaflax.pooling`` function) and
+    its exponent (None for operators without one), and the attention and dropout settings."""
 
-    Self-loops are expected to be in the graph already (``add_self_loops``).
-    """
-
-    features: int
-    heads: int = 8
-    concat: bool = True
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
     v2: bool = False
-    aggregator: str = "weighted_sum"
-    positive: str = "softplus"
-    alpha: float = 0.5
-    learn_alpha: bool = False
-    alpha_scope: str = "layer"
-    alpha_lr_mult: float = 1.0
     dropout: float = 0.6
     attention_dropout: float = 0.6
     negative_slope: float = 0.2
@@ -162,23 +156,37 @@ class GATLayer(nn.Module):
     # GA of one feature is exactly representable.
     aggregate_first: bool = False
 
+
+class GATLayer(nn.Module):
+    """One GAT / GATv2 layer on a jraph.GraphsTuple (``nodes`` [N, F]) -> new node features
+    ``[N, heads * features]`` (``concat``) or ``[N, features]`` (heads averaged).
+
+    Self-loops are expected to be in the graph already (``add_self_loops``).
+    """
+
+    features: int
+    heads: int = 8
+    concat: bool = True
+    options: LayerOptions = LayerOptions()
+
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool, alpha=None) -> jnp.ndarray:
         """``alpha``: replaces a fixed exponent's value at call time (for vmapping over exponents)."""
-        x = Dropout(self.dropout)(graph.nodes, deterministic=deterministic)
+        o = self.options
+        x = Dropout(o.dropout)(graph.nodes, deterministic=deterministic)
         n = x.shape[0]
         H, C = self.heads, self.features
         glorot = nn.initializers.glorot_uniform()
         senders, receivers = graph.senders, graph.receivers
-        if not self.attention:
+        if not o.attention:
             h = Projection(H * C, use_bias=False, name="proj")(x).reshape(n, H, C)
             messages = h[senders]
             logits = jnp.zeros((len(receivers), H), x.dtype)  # equal logits: the softmax gives 1 / in-degree
-        elif self.v2:
+        elif o.v2:
             h_src = Projection(H * C, name="proj_src")(x).reshape(n, H, C)
             h_dst = Projection(H * C, name="proj_dst")(x).reshape(n, H, C)
             att = self.param("att", glorot, (1, H, C))
-            z = nn.leaky_relu(h_src[senders] + h_dst[receivers], self.negative_slope)
+            z = nn.leaky_relu(h_src[senders] + h_dst[receivers], o.negative_slope)
             logits = jnp.sum(z * att, axis=-1)  # [E, H]
             messages = h_src[senders]
         else:
@@ -187,21 +195,20 @@ class GATLayer(nn.Module):
             att_dst = self.param("att_dst", glorot, (1, H, C))
             score_src = jnp.sum(h * att_src, axis=-1)  # [N, H]
             score_dst = jnp.sum(h * att_dst, axis=-1)
-            logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
+            logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], o.negative_slope)
             messages = h[senders]
         attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
-        attention = Dropout(self.attention_dropout)(attention, deterministic=deterministic)
+        attention = Dropout(o.attention_dropout)(attention, deterministic=deterministic)
 
-        if self.aggregate_first:  # the heads' messages are the input features themselves
+        if o.aggregate_first:  # the heads' messages are the input features themselves
             messages = jnp.broadcast_to(x[senders][:, None, :], (len(senders), H, x.shape[-1]))
         exponent = None
-        if self.aggregator in pooling.USES_ALPHA:
-            exponent = Exponent(init_alpha=self.alpha, learn=self.learn_alpha, level=self.alpha_scope,
-                                lr_mult=self.alpha_lr_mult, name="exponent")(H, messages.shape[-1], fixed=alpha)
+        if o.exponent is not None:
+            exponent = Exponent(o.exponent, name="exponent")(H, messages.shape[-1], fixed=alpha)
             self.sow("intermediates", "alpha", exponent)
-        out = pooling.get(self.aggregator)(messages, receivers, n, weights=attention, alpha=exponent,
-                                           positive=self.positive)  # [N, H, C] ([N, H, F] aggregating first)
-        if self.aggregate_first:
+        # [N, H, C] ([N, H, F] aggregating first)
+        out = o.aggregate(messages, receivers, n, weights=attention, alpha=exponent)
+        if o.aggregate_first:
             kernel = self.param("proj_after", glorot, (H, x.shape[-1], C))
             out = jnp.einsum("nhf,hfc->nhc", out, kernel)
         out = out.reshape(n, H * C) if self.concat else out.mean(axis=1)
@@ -230,22 +237,22 @@ class GAT(nn.Module):
     heads: int = 8
     out_heads: int = 1
     num_layers: int = 2
-    layer: dict = None  # keyword arguments shared by every GATLayer (aggregator, dropout, ...)
+    layer: LayerOptions = LayerOptions()  # shared by every GATLayer (aggregator, dropout, ...)
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
         """``alpha``: the value of every layer's fixed exponent, given at call time (see GATLayer)."""
-        kw = dict(self.layer or {})
         for i in range(self.num_layers - 1):
-            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(
+            nodes = GATLayer(self.hidden, self.heads, concat=True, options=self.layer, name=f"gat_{i}")(
                 graph, deterministic=deterministic, alpha=alpha)
             graph = graph._replace(nodes=nn.elu(nodes))
-        return GATLayer(self.num_classes, self.out_heads, concat=False, name=f"gat_{self.num_layers - 1}", **kw)(
-            graph, deterministic=deterministic, alpha=alpha)
+        return GATLayer(self.num_classes, self.out_heads, concat=False, options=self.layer,
+                        name=f"gat_{self.num_layers - 1}")(graph, deterministic=deterministic, alpha=alpha)
 
 
 class GraphGAT(nn.Module):
-    """Graph classifier: GAT layers, a readout from the pooling registry, then an MLP.
+    """Graph classifier: GAT layers, a readout (a ``gaflax.pooling`` function, with its own
+    ``ExponentSpec``), then an MLP. Returns logits ``[G, num_classes]``.
 
     Works on padded batches: ``node_graph`` maps nodes to graphs, padding graphs are masked later.
     """
@@ -254,31 +261,28 @@ class GraphGAT(nn.Module):
     hidden: int = 32
     heads: int = 4
     num_layers: int = 3
-    readout: str = "sum"
-    readout_alpha: float = 0.5
-    learn_readout_alpha: bool = True
-    readout_lr_mult: float = 10.0
+    readout: Callable = pooling.weighted_sum
+    readout_exponent: ExponentSpec | None = None
     mlp: Sequence[int] = (64,)
-    layer: dict = None
+    layer: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jnp.ndarray:
-        kw = dict(self.layer or {})
         n_graph = graph.n_node.shape[0]
         node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=graph.nodes.shape[0])
         for i in range(self.num_layers):
-            nodes = GATLayer(self.hidden, self.heads, concat=True, name=f"gat_{i}", **kw)(graph, deterministic=deterministic)
+            nodes = GATLayer(self.hidden, self.heads, concat=True, options=self.layer, name=f"gat_{i}")(
+                graph, deterministic=deterministic)
             graph = graph._replace(nodes=nn.elu(nodes))
         alpha = None
-        if self.readout in pooling.USES_ALPHA:
-            alpha = Exponent(init_alpha=self.readout_alpha, learn=self.learn_readout_alpha, level="channel",
-                             lr_mult=self.readout_lr_mult, name="readout_exponent")(
-                1, graph.nodes.shape[-1])[0]
+        if self.readout_exponent is not None:  # one "head" over the F = heads * hidden pooled channels
+            alpha = Exponent(self.readout_exponent, name="readout_exponent")(1, graph.nodes.shape[-1])
+            alpha = alpha if alpha.ndim == 0 else alpha[0]
             self.sow("intermediates", "readout_alpha", alpha)
-        pooled = pooling.get(self.readout)(graph.nodes, node_graph, n_graph, alpha=alpha)
+        pooled = self.readout(graph.nodes, node_graph, n_graph, alpha=alpha)
         for width in self.mlp:
             pooled = nn.elu(nn.Dense(width)(pooled))
-            pooled = Dropout(kw.get("dropout", 0.0))(pooled, deterministic=deterministic)
+            pooled = Dropout(self.layer.dropout)(pooled, deterministic=deterministic)
         return nn.Dense(self.num_classes)(pooled)
 
 
@@ -308,3 +312,46 @@ def alphas_from_intermediates(intermediates) -> dict:
         if keys and keys[-1].endswith("alpha"):
             out["/".join(keys[:-1] if keys[-1] == "alpha" else keys)] = np.asarray(leaf).tolist()
     return out
+
+
+def layer_options(config: Config) -> LayerOptions:
+    """The GAT layers' options from ``config.model`` (a GATConfig) and ``config.pool``."""
+    m, p = config.model, config.pool
+    aggregate, exponent = pooling.make(p.name, alpha=p.alpha, learn=p.learn, scope=p.scope, lr_mult=p.lr_mult,
+                                       positive=p.positive, key="pool")
+    return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
+                        attention_dropout=m.attention_dropout, attention=m.attention,
+                        aggregate_first=m.aggregate_first)
+
+
+def _build_gat(config: Config, kind: str, num_classes: int) -> nn.Module:
+    m, r = config.model, config.readout
+    if kind == "graph":
+        readout, readout_exponent = pooling.make(r.name, alpha=r.alpha, learn=r.learn, scope=r.scope,
+                                                 lr_mult=r.lr_mult, positive=r.positive, key="readout")
+        return GraphGAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
+                        readout=readout, readout_exponent=readout_exponent, mlp=tuple(m.mlp),
+                        layer=layer_options(config))
+    return GAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, out_heads=m.out_heads,
+               num_layers=m.num_layers, layer=layer_options(config))
+
+
+def _build_mlp(config: Config, kind: str, num_classes: int) -> nn.Module:
+    m = config.model
+    return MLP(num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: ``build(config, kind, num_classes)`` -> a flax module for a dataset of
+    ``kind`` (one of ``kinds``)."""
+
+    build: Callable[[Config, str, int], nn.Module]
+    kinds: tuple[str, ...]
+
+
+#: ``model.name`` -> entry; the config class of each is the ``gaflax.config.ModelConfig`` subclass of that name.
+MODELS: Registry[ModelEntry] = Registry("model", {
+    "gat": ModelEntry(_build_gat, kinds=("node", "graph")),
+    "mlp": ModelEntry(_build_mlp, kinds=("tabular",)),
+})

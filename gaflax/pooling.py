@@ -2,20 +2,32 @@
 
 Every operator has the signature
 
-    fn(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus") -> pooled
+    fn(messages, segment_ids, num_segments, weights=None, alpha=None, **options) -> pooled
 
 with ``messages`` ``[E, H, C]`` (or ``[E, C]``), ``segment_ids`` ``[E]`` (the receivers, or the graph
 of each node for a readout), ``weights`` ``[E, H]`` / ``[E]`` attention coefficients that sum to 1
 per segment (or None: uniform), ``alpha`` the GA exponent broadcasting against ``[H, C]``, and
 returns ``[num_segments, H, C]``. Empty segments give 0.
+
+``AGGREGATORS`` is the registry: each ``Aggregator`` entry carries the function and what a model
+needs to know about it. ``make(name, ...)`` binds an entry's options and returns the function a
+layer calls plus the ``ExponentSpec`` of its exponent (None for operators without one), e.g.
+
+    aggregate, exponent = pooling.make("ga", alpha=0.5, learn=True, scope="head", positive="elu1")
+    GAT(num_classes=7, layer=LayerOptions(aggregate=aggregate, exponent=exponent))
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from gaflax.ga import p_from_alpha, segment_ga, segment_log_ga
+from gaflax.registry import Registry
 
 #: Transforms that make messages positive for ``ga``, each with the map back to the message domain
 #: applied to the pooled value, so that GA is a generalized mean of the messages themselves:
@@ -50,14 +62,14 @@ def _sum(messages, segment_ids, num_segments):
     return jax.ops.segment_sum(messages, segment_ids, num_segments)
 
 
-def weighted_sum(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def weighted_sum(messages, segment_ids, num_segments, weights=None, alpha=None):
     """Standard GAT: sum of attention-weighted messages (the weighted arithmetic mean)."""
     if weights is not None:
         messages = messages * _expand(weights, messages)
     return _sum(messages, segment_ids, num_segments)
 
 
-def mean(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def mean(messages, segment_ids, num_segments, weights=None, alpha=None):
     """Unweighted mean of the messages (attention ignored)."""
     count = _sum(jnp.ones(messages.shape[:1], messages.dtype), segment_ids, num_segments)
     return _sum(messages, segment_ids, num_segments) / _expand(jnp.maximum(count, 1), messages)
@@ -68,11 +80,11 @@ def _extreme(reduce, messages, segment_ids, num_segments):
     return jnp.where(jnp.isfinite(out), out, 0)  # empty segments: 0, not -inf / inf
 
 
-def maximum(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def maximum(messages, segment_ids, num_segments, weights=None, alpha=None):
     return _extreme(jax.ops.segment_max, messages, segment_ids, num_segments)
 
 
-def minimum(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def minimum(messages, segment_ids, num_segments, weights=None, alpha=None):
     return _extreme(jax.ops.segment_min, messages, segment_ids, num_segments)
 
 
@@ -88,12 +100,12 @@ def ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="
     return jnp.where(_expand(mass > 0, pooled), inverse(pooled), 0)
 
 
-def log_ga(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def log_ga(messages, segment_ids, num_segments, weights=None, alpha=None):
     """Log-domain GA of the raw messages: soft min / mean / max (1/p) log sum w exp(p m)."""
     return segment_log_ga(messages, segment_ids, num_segments, alpha=alpha, weights=weights)
 
 
-def softmax(messages, segment_ids, num_segments, weights=None, alpha=None, positive="softplus"):
+def softmax(messages, segment_ids, num_segments, weights=None, alpha=None):
     """DeeperGCN's SoftMax aggregation: sum_j softmax_j(beta m_j) m_j, with beta = p(alpha) >= 0
     per channel (beta = 0 is the mean, beta -> inf the max)."""
     beta = jnp.maximum(p_from_alpha(alpha), 0)
@@ -105,22 +117,55 @@ def softmax(messages, segment_ids, num_segments, weights=None, alpha=None, posit
     return _sum(e * messages, segment_ids, num_segments) / jnp.maximum(_sum(e, segment_ids, num_segments), 1e-30)
 
 
-AGGREGATORS = {
-    "weighted_sum": weighted_sum,
-    "sum": weighted_sum,
-    "mean": mean,
-    "max": maximum,
-    "min": minimum,
-    "ga": ga,
-    "log_ga": log_ga,
-    "softmax": softmax,
-}
-#: Operators that take the exponent ``alpha`` (fixed or learned).
-USES_ALPHA = frozenset({"ga", "log_ga", "softmax"})
+@dataclasses.dataclass(frozen=True)
+class Aggregator:
+    """A registered pooling operator.
+
+    ``fn`` has the signature above. ``takes_exponent``: it takes the GA exponent ``alpha`` (fixed,
+    or learned: its only learnable parameter, built by ``gaflax.models.Exponent`` from an
+    ``ExponentSpec``). ``uses_weights``: it uses the attention (or normalisation) coefficients;
+    operators without it ignore them. ``options``: the config options bound to ``fn`` by ``make``.
+    """
+
+    fn: Callable
+    takes_exponent: bool = False
+    uses_weights: bool = False
+    options: tuple[str, ...] = ()
 
 
-def get(name: str):
-    try:
-        return AGGREGATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown pooling operator {name!r}; choose one of {sorted(AGGREGATORS)}") from None
+@dataclasses.dataclass(frozen=True)
+class ExponentSpec:
+    """How a layer gets its GA exponent: fixed at ``init``, or learned per ``scope`` (``layer``,
+    ``head`` or ``channel``) as ``alpha = tanh(lr_mult * theta)`` starting from ``init``."""
+
+    init: float = 0.5
+    learn: bool = False
+    scope: str = "layer"
+    lr_mult: float = 1.0
+
+
+AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
+    "weighted_sum": Aggregator(weighted_sum, uses_weights=True),
+    "sum": Aggregator(weighted_sum, uses_weights=True),  # the same operator, under its readout name
+    "mean": Aggregator(mean),
+    "max": Aggregator(maximum),
+    "min": Aggregator(minimum),
+    "ga": Aggregator(ga, takes_exponent=True, uses_weights=True, options=("positive",)),
+    "log_ga": Aggregator(log_ga, takes_exponent=True, uses_weights=True),
+    "softmax": Aggregator(softmax, takes_exponent=True),
+})
+
+
+def make(name: str, *, alpha: float = 0.5, learn: bool = False, scope: str = "layer", lr_mult: float = 1.0,
+         key: str = "pool", **options) -> tuple[Callable, ExponentSpec | None]:
+    """The function a layer calls for operator ``name`` (its ``options`` bound, e.g. ``positive``),
+    and its ``ExponentSpec`` (None when the operator takes no exponent). ``key`` names the config
+    section in errors. Options the operator does not take are ignored, so that one config schema
+    serves every operator."""
+    entry = AGGREGATORS.lookup(name, f"{key}.name")
+    if "positive" in entry.options and options.get("positive") not in POSITIVE:
+        raise ValueError(f"{key}.positive={options.get('positive')!r} must be one of {sorted(POSITIVE)}")
+    bound = {k: options[k] for k in entry.options if k in options}
+    fn = functools.partial(entry.fn, **bound) if bound else entry.fn
+    exponent = ExponentSpec(init=alpha, learn=learn, scope=scope, lr_mult=lr_mult) if entry.takes_exponent else None
+    return fn, exponent

@@ -19,17 +19,23 @@ import statistics
 import sys
 
 from gaflax.journal import Journal, default_path
+from gaflax.pooling import AGGREGATORS
+
+
+def _pool_label(pool: dict) -> str:
+    if not AGGREGATORS.lookup(pool["name"]).takes_exponent:
+        return pool["name"]
+    return f"{pool['name']} learned" if pool["learn"] else f"{pool['name']} α={pool['alpha']:g}"
 
 
 def column_label(config: dict, column: str) -> str:
     if column == "pool":
-        pool = config["pool"]
-        if pool["name"] not in ("ga", "log_ga"):
-            return pool["name"]
-        return f"{pool['name']} learned" if pool["learn"] else f"{pool['name']} α={pool['alpha']:g}"
+        return _pool_label(config["pool"])
     if column == "readout":
-        readout = config["model"]["readout"]
-        return f"{readout} learned" if readout in ("ga", "log_ga") else readout  # GraphGAT learns its readout alpha
+        if "readout" in config:
+            return _pool_label(config["readout"])
+        # Journals written before the readout group: model.readout, its exponent always learned.
+        return _pool_label({"name": config["model"]["readout"], "learn": True})
     if column == "loss":
         loss = config.get("loss", {"name": "ce"})
         return f"ga α={loss['alpha']:g}" if loss["name"] == "ga" else loss["name"]

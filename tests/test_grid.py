@@ -53,8 +53,11 @@ def test_grid_needs_a_node_task(tmp_path):
         train_grid(Config.from_dict(raw), tmp_path)
     with pytest.raises(ValueError, match="trainer.vmap='exponents' must be"):
         Config.from_dict({"trainer": {"vmap": "exponents"}})
-    with pytest.raises(ValueError, match="trainer.vmap=alphas needs a fixed-exponent pool"):
+    with pytest.raises(ValueError, match=r"trainer.vmap=alphas needs a fixed exponent \(pool.learn=false\)"):
         Config.from_dict({"pool": {"name": "ga", "learn": True}, "trainer": {"vmap": "alphas", "alphas": [0.5]}})
+    with pytest.raises(ValueError, match=r"trainer.vmap=alphas needs a pool that takes an exponent; pool.name='max'"):
+        train_grid(Config.from_dict({**RAW, "pool": {"name": "max"},
+                                     "trainer": {**RAW["trainer"], "vmap": "alphas", "alphas": [0.5]}}), tmp_path)
     with pytest.raises(ValueError, match=r"trainer.alphas=\[\] must be a non-empty list"):
         Config.from_dict({"pool": {"name": "ga"}, "trainer": {"vmap": "alphas"}})
 

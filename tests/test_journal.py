@@ -153,11 +153,62 @@ def test_a_failing_run_is_recorded_as_failed(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(train, "_FullBatchTask", boom)
+    monkeypatch.setattr(train, "fit", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         train_and_evaluate(config, tmp_path / "a", journal=jr)
     (run,) = jr.runs()
     assert run["status"] == "failed" and "simulated" in run["error"]
+
+
+def _age_heartbeats(jr, seconds):
+    with sqlite3.connect(jr.path) as db:
+        db.execute("UPDATE runs SET heartbeat_at = heartbeat_at - ?", (seconds,))
+
+
+def _heartbeats(jr):
+    return {r["id"]: r["heartbeat_at"] for r in jr.runs()}
+
+
+def test_heartbeats_are_rate_limited_per_run_not_per_journal(jr):
+    a, b = (jr.begin(_config(**{"seed": s}), DATA, code=CODE).run_id for s in (0, 1))
+    _age_heartbeats(jr, 3600)
+    old = _heartbeats(jr)
+    jr.heartbeat(a)
+    jr.heartbeat(b)  # the same Journal, right after a's beat: b's is still written
+    new = _heartbeats(jr)
+    assert new[a] > old[a] + 3000 and new[b] > old[b] + 3000
+    _age_heartbeats(jr, 3600)
+    jr.heartbeat(a, b)  # within heartbeat_every of the last beats: nothing is written
+    assert _heartbeats(jr) == {k: v - 3600 for k, v in new.items()}
+
+
+def test_claim_beats_every_member_and_fails_the_unfinished_on_error(jr):
+    experiments = [dict(config=_config(**{"seed": s}), data_fingerprint=DATA, code=CODE) for s in range(3)]
+    with pytest.raises(RuntimeError, match="member 2 broke"):
+        with jr.claim(experiments) as claim:
+            assert claim.todo == [0, 1, 2]
+            _age_heartbeats(jr, 3600)
+            old = _heartbeats(jr)
+            claim.heartbeat()
+            assert all(_heartbeats(jr)[i] > old[i] + 3000 for i in old)  # every member, one statement
+            claim.finish(0, {"test/accuracy": 0.5})
+            raise RuntimeError("member 2 broke")
+    status = {r["id"]: (r["status"], r["error"]) for r in jr.runs()}
+    first, *rest = sorted(status)
+    assert status[first] == ("done", None)
+    assert all(status[i][0] == "failed" and "member 2 broke" in status[i][1] for i in rest)
+    # The finished member is now a duplicate; the failed ones are claimed again.
+    with jr.claim(experiments) as again:
+        assert again.todo == [1, 2] and again.earlier(0)["results"]["test/accuracy"] == 0.5
+        for i in again.todo:
+            again.finish(i, {"test/accuracy": 0.6})
+
+
+def test_a_claim_left_without_results_is_failed(jr):
+    with jr.claim([dict(config=_config(), data_fingerprint=DATA, code=CODE)]):
+        pass
+    (run,) = jr.runs()
+    assert run["status"] == "failed" and run["error"] == "ended without results"
 
 
 def _cli(*args, db):

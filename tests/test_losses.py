@@ -8,6 +8,8 @@ import pytest
 from jax.test_util import check_grads
 
 from gaflax import losses
+from gaflax.config import LossConfig
+from gaflax.ga import alpha_from_p
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_gradients_are_finite_at_saturation(name):
     logits = jnp.array([[100.0, 0.0], [0.0, 100.0], [-50.0, 50.0], [0.3, -0.2]])
     labels = jnp.array([0, 1, 0, 1])
     for alpha in (-1.0, 0.0, 0.5, 1.0):
-        fn = losses.make_loss(name, alpha=alpha, per_class=alpha > 0)
+        fn = losses.make_loss(LossConfig(name=name, alpha=alpha, per_class=alpha > 0))
         value, grad = jax.value_and_grad(fn)(logits, labels, jnp.ones(4))
         assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grad))), (name, alpha)
 
@@ -89,17 +91,17 @@ def test_gradients_are_finite_at_saturation(name):
 @pytest.mark.parametrize("name", losses.LOSSES)
 def test_check_grads(name, x64, batch):
     logits, labels, mask = batch
-    fn = losses.make_loss(name, gamma=2.0, p=3.0)
+    fn = losses.make_loss(LossConfig(name=name, gamma=2.0, alpha=float(alpha_from_p(3.0))))
     check_grads(lambda l: fn(l, labels, mask), (logits.astype(jnp.float64),), order=1, modes=["rev"])
 
 
 def test_unknown_loss_names_the_choices():
-    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        losses.make_loss("hinge")
+    with pytest.raises(ValueError, match=r"loss.name='hinge' is not a registered loss; choose one of \['ce',"):
+        losses.make_loss(LossConfig(name="hinge"))
 
 
 def test_mean_squared_error_is_the_masked_mean_of_squares():
     outputs = jnp.array([[1.0], [2.0], [4.0]])
     targets = jnp.array([0.0, 2.0, 1.0])
-    assert float(losses.make_loss("mse")(outputs, targets)) == pytest.approx((1 + 0 + 9) / 3)
+    assert float(losses.make_loss(LossConfig(name="mse"))(outputs, targets)) == pytest.approx((1 + 0 + 9) / 3)
     assert float(losses.mean_squared_error(outputs, targets, jnp.array([1, 0, 1]))) == pytest.approx(5.0)

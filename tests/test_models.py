@@ -1,17 +1,27 @@
-"""GAT layer, pooling registry and the training loop."""
+"""GAT layers, the model registry, the tasks and the training loop."""
 
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gaflax import pooling
+from gaflax import data, pooling, tasks
 from gaflax.compat import jraph
 from gaflax.config import Config
-from gaflax.models import GAT, GATLayer, GraphGAT, add_self_loops, sparse_features
-from gaflax.train import make_steps, train_and_evaluate, _optimizer
+from gaflax.models import GAT, MODELS, GATLayer, GraphGAT, LayerOptions, add_self_loops, sparse_features
+from gaflax.train import train_and_evaluate
+
+#: One entry per distinct operator ("sum" is "weighted_sum" under its readout name).
+DISTINCT = sorted({entry.fn: name for name, entry in sorted(pooling.AGGREGATORS.items(), reverse=True)}.values())
+
+
+def opts(aggregator="weighted_sum", alpha=0.5, learn=False, scope="layer", positive="softplus", **layer):
+    """LayerOptions with the aggregator ``aggregator`` (and its exponent) from the registry."""
+    aggregate, exponent = pooling.make(aggregator, alpha=alpha, learn=learn, scope=scope, positive=positive)
+    return LayerOptions(aggregate=aggregate, exponent=exponent, **layer)
 
 
 def small_graph(key, n=12, f=5):
@@ -31,58 +41,18 @@ def layer_out(layer, graph, key):
 
 
 @pytest.mark.parametrize("v2", [False, True])
-@pytest.mark.parametrize("aggregator", sorted(pooling.AGGREGATORS))
+@pytest.mark.parametrize("aggregator", DISTINCT)
 def test_layer_shapes_and_finite(key, v2, aggregator):
     graph = small_graph(key)
-    out, _ = layer_out(GATLayer(4, heads=3, v2=v2, aggregator=aggregator, learn_alpha=True, alpha_scope="channel"), graph, key)
+    out, params = layer_out(GATLayer(4, heads=3, options=opts(aggregator, learn=True, scope="channel", v2=v2)),
+                            graph, key)
     assert out.shape == (12, 12) and jnp.all(jnp.isfinite(out))
-    out, _ = layer_out(GATLayer(4, heads=3, concat=False, v2=v2, aggregator=aggregator), graph, key)
-    assert out.shape == (12, 4)
-
-
-@pytest.mark.parametrize("positive", ["relu_eps", "elu1"])
-def test_ga_at_alpha_half_equals_weighted_sum_on_positive_messages(key, positive):
-    """GA pooling maps back to the message domain, so at p = 1 it is the attention-weighted mean."""
-    graph = small_graph(key)
-    messages = jnp.abs(jax.random.normal(key, (graph.senders.shape[0], 2, 3))) + 0.1
-    logits = jax.random.normal(jax.random.fold_in(key, 1), (graph.senders.shape[0], 2))
-    att = jraph.segment_softmax(logits, graph.receivers, 12)
-    ws = pooling.weighted_sum(messages, graph.receivers, 12, weights=att)
-    ga = pooling.get("ga")(messages, graph.receivers, 12, weights=att, alpha=0.5, positive=positive)
-    np.testing.assert_allclose(ga, ws, rtol=2e-5, atol=2e-6)
-
-
-def test_ga_pooling_limits_are_min_and_max_of_messages(key):
-    """alpha = +-1: the max / min of the (real-valued) messages, whatever the transform."""
-    graph = small_graph(key)
-    messages = jax.random.normal(key, (graph.senders.shape[0], 2, 3)) * 3
-    for positive in ("softplus", "elu1"):  # relu_eps clips negative messages: not invertible there
-        top = pooling.get("ga")(messages, graph.receivers, 12, alpha=1.0, positive=positive)
-        bottom = pooling.get("ga")(messages, graph.receivers, 12, alpha=-1.0, positive=positive)
-        np.testing.assert_allclose(top, pooling.maximum(messages, graph.receivers, 12), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(bottom, pooling.minimum(messages, graph.receivers, 12), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("aggregator, positive", [(name, "softplus") for name in sorted(pooling.AGGREGATORS)]
-                         + [("ga", positive) for positive in sorted(pooling.POSITIVE) if positive != "softplus"])
-def test_segments_without_weight_pool_to_zero(key, aggregator, positive):
-    """Attention dropout can zero every edge of a low-degree node (p = 0.6^2 for a node with one
-    neighbour and its self-loop). Such a segment, and one with no edges at all, pools to 0 like the
-    weighted sum, with a zero gradient: inverse(GA) of it used to be log(1e-30) = -69, which broke
-    GA training on CiteSeer."""
-    messages = jax.random.normal(key, (5, 2, 3))
-    receivers = jnp.array([0, 0, 1, 1, 1])  # segment 2 has no edges
-    weights = jnp.array([[0.5, 0.5], [0.5, 0.5], [0.0, 0.3], [0.0, 0.3], [0.0, 0.4]])  # head 0 of 1 dropped
-    pool = pooling.get(aggregator)
-    out = pool(messages, receivers, 3, weights=weights, alpha=0.3, positive=positive)
-    assert out.shape == (3, 2, 3) and bool(jnp.all(jnp.isfinite(out)))
-    np.testing.assert_array_equal(out[2], 0)
-    if aggregator in ("weighted_sum", "sum", "ga", "log_ga"):  # the operators that use the weights
-        np.testing.assert_array_equal(out[1, 0], 0)
-    grad = jax.grad(lambda m: jnp.sum(pool(m, receivers, 3, weights=weights, alpha=0.3, positive=positive)[1:, 0]))(messages)
-    assert bool(jnp.all(jnp.isfinite(grad)))
-    if aggregator in ("weighted_sum", "sum", "ga", "log_ga"):
-        np.testing.assert_array_equal(grad[2:, 0], 0)
+    has_exponent = pooling.AGGREGATORS[aggregator].takes_exponent
+    assert ("exponent" in params["params"]) == has_exponent  # only operators with an exponent learn one
+    if has_exponent:
+        assert params["params"]["exponent"]["alpha_theta"].shape == (3, 4)
+    out, _ = layer_out(GATLayer(4, heads=3, concat=False, options=opts(aggregator, v2=v2)), graph, key)
+    assert out.shape == (12, 4) and jnp.all(jnp.isfinite(out))
 
 
 @pytest.mark.parametrize("v2", [False, True])
@@ -93,7 +63,7 @@ def test_sparse_features_give_the_dense_results(key, v2):
     dense = jnp.where(jax.random.uniform(key, graph.nodes.shape) < 0.1, graph.nodes, 0)
     sparse = graph._replace(nodes=sparse_features(dense))
     graph = graph._replace(nodes=dense)
-    model = GAT(num_classes=3, hidden=4, heads=2, layer={"v2": v2, "dropout": 0.5})
+    model = GAT(num_classes=3, hidden=4, heads=2, layer=LayerOptions(v2=v2, dropout=0.5))
     params = model.init(key, graph)
     assert jax.tree.structure(model.init(key, sparse)) == jax.tree.structure(params)
 
@@ -110,7 +80,7 @@ def test_sparse_features_give_the_dense_results(key, v2):
 
 def test_permutation_invariance(key):
     graph = small_graph(key)
-    layer = GATLayer(4, heads=2, aggregator="ga", alpha=0.2)
+    layer = GATLayer(4, heads=2, options=opts("ga", alpha=0.2))
     out, params = layer_out(layer, graph, key)
     perm = np.random.default_rng(1).permutation(graph.senders.shape[0])
     shuffled = graph._replace(senders=graph.senders[perm], receivers=graph.receivers[perm])
@@ -127,13 +97,13 @@ def test_permutation_invariance(key):
 @pytest.mark.parametrize("aggregator", ["ga", "log_ga"])
 def test_finite_gradients_at_alpha_limits(key, alpha, aggregator):
     graph = small_graph(key)
-    layer = GATLayer(4, heads=2, aggregator=aggregator, alpha=alpha, learn_alpha=False)
+    layer = GATLayer(4, heads=2, options=opts(aggregator, alpha=alpha))
     params = layer.init(key, graph, deterministic=True)
     grads = jax.grad(lambda p, x: jnp.sum(layer.apply(p, graph._replace(nodes=x), deterministic=True) ** 2),
                      argnums=(0, 1))(params, graph.nodes)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     # Learned alpha initialised next to the limit also gets a finite gradient.
-    learned = GATLayer(4, heads=2, aggregator=aggregator, alpha=alpha, learn_alpha=True)
+    learned = GATLayer(4, heads=2, options=opts(aggregator, alpha=alpha, learn=True))
     p2 = learned.init(key, graph, deterministic=True)
     g2 = jax.grad(lambda p: jnp.sum(learned.apply(p, graph, deterministic=True) ** 2))(p2)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g2))
@@ -146,11 +116,14 @@ def test_graph_classifier_on_padded_batch(key):
     budgets = data.budgets_for(ds, 4)
     batch = next(data.iterate_batches(ds, np.arange(10), 4, budgets))
     graph = add_self_loops(jax.tree.map(jnp.asarray, batch.graph))
-    for readout in ("sum", "mean", "max", "ga"):
-        model = GraphGAT(num_classes=2, hidden=4, heads=2, num_layers=2, readout=readout)
+    for readout in DISTINCT:
+        fn, exponent = pooling.make(readout, learn=True, scope="channel", positive="softplus", key="readout")
+        model = GraphGAT(num_classes=2, hidden=4, heads=2, num_layers=2, readout=fn, readout_exponent=exponent)
         params = model.init(key, graph)
         logits = model.apply(params, graph)
         assert logits.shape == (batch.graph.n_node.shape[0], 2) and jnp.all(jnp.isfinite(logits))
+        if exponent is not None:  # one learned alpha per pooled channel (2 heads x 4)
+            assert params["params"]["readout_exponent"]["alpha_theta"].shape == (1, 8)
 
 
 def synthetic_config(**overrides):
@@ -162,30 +135,27 @@ def synthetic_config(**overrides):
     return Config.from_dict(raw)
 
 
-def test_train_step_does_not_recompile(key):
-    cfg = synthetic_config(pool={"name": "ga", "learn": True})
-    from gaflax import data
-
-    ds = data.load("synthetic", **cfg.dataset.options)
-    graph = add_self_loops(jax.tree.map(jnp.asarray, ds.graph))
-    model = GAT(num_classes=3, hidden=4, heads=2, layer=dict(aggregator="ga", learn_alpha=True))
-    params = model.init(key, graph)["params"]
-    tx = _optimizer(cfg, params)
-    opt_state = tx.init(params)
-    traces = []
-    train_step, _ = make_steps(model, tx)
-
-    def counted(*args):
-        traces.append(1)
-        return train_step(*args)
-
-    step = jax.jit(counted)
-    mask = jnp.asarray(ds.split(0)[0])
-    labels = jnp.asarray(ds.labels)
-    for epoch in range(5):
-        params, opt_state, loss = step(params, opt_state, graph, labels, mask, jax.random.fold_in(key, epoch))
-        assert jnp.isfinite(loss)
-    assert len(traces) == 1
+def test_the_tasks_real_steps_do_not_recompile():
+    """Node task: its steps are compiled once, ahead of time, and every epoch (with a fresh
+    class-balanced mask each time) runs that executable. Graph task: padded batches come in at most
+    three shapes (the budgets), so its jitted step compiles at most three times, all in epoch 0."""
+    cfg = synthetic_config(pool={"name": "ga", "learn": True}, trainer={"resample": "balanced"})
+    ds = tasks.load_dataset(cfg)
+    task = tasks.NodeTask(cfg, ds)
+    assert isinstance(task.train_step, jax.stages.Compiled) and isinstance(task.eval_step, jax.stages.Compiled)
+    losses = [task.train_epoch(epoch)[0] for epoch in range(4)]
+    assert np.all(np.isfinite(losses)) and len(set(losses)) == 4
+    graph_cfg = Config.from_dict({
+        "dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 60, "task": "classification",
+                                                     "num_classes": 2, "seed": 0}},
+        "model": {"hidden": 4, "heads": 2, "mlp": [8]}, "trainer": {"batch_size": 8}})
+    graph_task = tasks.GraphTask(graph_cfg, tasks.load_dataset(graph_cfg))
+    graph_task.train_epoch(0)
+    compiled = graph_task.train_step._cache_size()
+    assert 1 <= compiled <= 3
+    for epoch in (1, 2):
+        graph_task.train_epoch(epoch)
+    assert graph_task.train_step._cache_size() == compiled
 
 
 def test_train_and_evaluate_writes_run_directory(tmp_path):
@@ -205,16 +175,45 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
 
 
 @pytest.mark.parametrize("section, values, message", [
-    ("pool", {"name": "median"}, "pool.name='median'"),
     ("pool", {"alpha": 1.5}, r"pool.alpha=1.5 must lie in \[-1, 1\]"),
     ("model", {"dropout": -0.1}, r"model.dropout=-0.1 must lie in \[0, 1\)"),
     ("pool", {"scope": "edge"}, "pool.scope='edge'"),
-    ("model", {"readout_lr_mult": 0.0}, "model.readout_lr_mult=0.0 must be positive"),
+    ("readout", {"lr_mult": 0.0}, "readout.lr_mult=0.0 must be positive"),
     ("optimizer", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\] in 'optimizer'"),
+    ("model", {"name": "mlp", "heads": 2}, r"unknown key\(s\) \['heads'\] in 'model'"),
+    ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['gat', 'mlp'\]"),
 ])
 def test_bad_config_values_fail_before_compiling(section, values, message):
     with pytest.raises(ValueError, match=message):
         synthetic_config(**{section: values})
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("pool", {"name": "median"}, r"pool.name='median' is not a registered pooling operator; choose one of \["),
+    ("readout", {"name": "median"}, r"readout.name='median' is not a registered pooling operator"),
+    ("pool", {"name": "ga", "positive": "abs"}, r"pool.positive='abs' must be one of"),
+    ("loss", {"name": "hinge"}, r"loss.name='hinge' is not a registered loss"),
+    ("trainer", {"resample": "smote"}, r"trainer.resample='smote' does not fit dataset 'synthetic'"),
+    ("trainer", {"resample": "magic"}, r"trainer.resample='magic' is not a registered resampler"),
+])
+def test_unknown_names_fail_before_compiling(tmp_path, monkeypatch, section, values, message):
+    """Names are looked up in their registries when the run is built, before any task exists."""
+    def no_task(*args, **kwargs):
+        raise AssertionError("a task was built before the names were checked")
+
+    monkeypatch.setattr(tasks.NodeTask, "__init__", no_task)
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(synthetic_config(**{section: values}), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_every_model_builds_for_its_kinds():
+    for name, entry in MODELS.items():
+        for kind in entry.kinds:
+            ds = {"node": SimpleNamespace(kind="node", num_classes=3), "graph": SimpleNamespace(kind="graph", num_classes=3),
+                  "tabular": SimpleNamespace(kind="tabular", num_classes=2)}[kind]
+            model = tasks.build_model(Config.from_dict({"model": {"name": name}}), ds)
+            assert model.num_classes == ds.num_classes
 
 
 def test_hash_dropout_rate_scaling_and_determinism(key):
@@ -238,11 +237,11 @@ def test_hash_dropout_rate_scaling_and_determinism(key):
 def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
     raw = {"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 80, "task": "classification",
                                                         "num_classes": 2, "seed": 0}},
-           "model": {"hidden": 4, "heads": 2, "readout": "ga", "mlp": [8]}, "pool": {"name": "ga"},
+           "model": {"hidden": 4, "heads": 2, "mlp": [8]}, "pool": {"name": "ga"}, "readout": {"name": "ga"},
            "trainer": {"max_epochs": 4, "patience": 4, "progress": False, "batch_size": 16}}
     results = train_and_evaluate(Config.from_dict(raw), tmp_path / "a")
-    assert 0 <= results["test/accuracy"] <= 1 and "test/roc_auc" in results
-    # The readout's alpha has its own learning-rate multiplier (model.readout_lr_mult, 10 by
+    assert "test/roc_auc" in results and set(results["alphas"]) == {"gat_0", "gat_1", "readout_alpha"}
+    # The readout's alpha has its own learning-rate multiplier (readout.lr_mult, 10 by
     # default): at 1.0 it stayed within 0.01 of its start on MUTAG.
     readout_alpha = np.asarray(results["alphas"]["readout_alpha"])
     assert np.max(np.abs(readout_alpha - 0.5)) > 0.2
@@ -253,33 +252,34 @@ def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
 def test_without_attention_neighbours_weigh_one_over_degree(key):
     """attention=False: no attention parameters, and weighted_sum is the plain neighbour mean."""
     graph = small_graph(key)
-    kw = dict(heads=2, attention=False, dropout=0.0, attention_dropout=0.0)
-    params = GATLayer(3, aggregator="weighted_sum", **kw).init(key, graph, deterministic=True)
+    kw = dict(attention=False, dropout=0.0, attention_dropout=0.0)
+    params = GATLayer(3, heads=2, options=opts(**kw)).init(key, graph, deterministic=True)
     assert set(params["params"]) == {"proj", "bias"}
     h = graph.nodes @ params["params"]["proj"]["kernel"]  # [N, H * C]
     degree = jax.ops.segment_sum(jnp.ones(graph.receivers.shape), graph.receivers, 12)
     mean = jax.ops.segment_sum(h[graph.senders], graph.receivers, 12) / degree[:, None]
-    out = GATLayer(3, aggregator="weighted_sum", **kw).apply(params, graph, deterministic=True)
+    out = GATLayer(3, heads=2, options=opts(**kw)).apply(params, graph, deterministic=True)
     np.testing.assert_allclose(out, mean, rtol=1e-5, atol=1e-5)
     # GA at alpha = 0.5 on the same (here shifted positive) messages is the same mean.
     shifted = graph._replace(nodes=jnp.abs(graph.nodes))
     positive = {"params": {**params["params"], "proj": {"kernel": jnp.abs(params["params"]["proj"]["kernel"])}}}
     np.testing.assert_allclose(
-        GATLayer(3, aggregator="ga", alpha=0.5, positive="relu_eps", **kw).apply(positive, shifted, deterministic=True),
-        GATLayer(3, aggregator="weighted_sum", **kw).apply(positive, shifted, deterministic=True), rtol=1e-5, atol=1e-5)
+        GATLayer(3, heads=2, options=opts("ga", positive="relu_eps", **kw)).apply(positive, shifted, deterministic=True),
+        GATLayer(3, heads=2, options=opts(**kw)).apply(positive, shifted, deterministic=True), rtol=1e-5, atol=1e-5)
 
 
 def test_aggregate_first_equals_project_first_for_a_linear_aggregator(key):
     graph = small_graph(key)
-    kw = dict(heads=2, attention=False, aggregator="weighted_sum", dropout=0.0, attention_dropout=0.0)
-    first = GATLayer(3, aggregate_first=True, **kw)
+    kw = dict(attention=False, dropout=0.0, attention_dropout=0.0)
+    first = GATLayer(3, heads=2, options=opts(aggregate_first=True, **kw))
     params = first.init(key, graph, deterministic=True)["params"]
     assert params["proj_after"].shape == (2, 5, 3)
     project = {"proj": {"kernel": params["proj_after"].transpose(1, 0, 2).reshape(5, 6)}, "bias": params["bias"]}
     np.testing.assert_allclose(first.apply({"params": params}, graph, deterministic=True),
-                               GATLayer(3, **kw).apply({"params": project}, graph, deterministic=True),
+                               GATLayer(3, heads=2, options=opts(**kw)).apply({"params": project}, graph,
+                                                                              deterministic=True),
                                rtol=1e-5, atol=1e-5)
     # With GA the exponent acts on the input features: per channel, one alpha per input feature.
-    ga = GATLayer(3, aggregate_first=True, **{**kw, "aggregator": "ga"}, learn_alpha=True, alpha_scope="channel")
+    ga = GATLayer(3, heads=2, options=opts("ga", learn=True, scope="channel", aggregate_first=True, **kw))
     variables = ga.init(key, graph, deterministic=True)
     assert variables["params"]["exponent"]["alpha_theta"].shape == (2, 5)

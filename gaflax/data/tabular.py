@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Callable
 
 import numpy as np
+
+from gaflax.registry import Registry
 
 from gaflax.data._files import DatasetError
 from gaflax.data.datasets import stratified_split
@@ -26,8 +29,48 @@ from gaflax.data.datasets import stratified_split
 KEEL_PREFIX = "keel_"
 #: The KEEL sets of the imbalance study (rows, positives): (1484, 51), (1599, 53), (5472, 559).
 KEEL_STUDY = ("yeast4", "winequality_red_4", "page_blocks0")
-#: ``resample`` methods for tabular rows (imbalanced-learn).
-RESAMPLERS = ("none", "random_over", "random_under", "smote", "tomek")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampler:
+    """A registered way to resample training data: the dataset kinds it applies to and, for
+    tabular rows, ``make(class_counts, seed)`` -> an imbalanced-learn sampler (None: no rows change;
+    node-level resampling happens in the training loop)."""
+
+    kinds: tuple[str, ...]
+    make: Callable | None = None
+
+
+def _smote(counts, seed):
+    from imblearn import over_sampling
+
+    # SMOTE needs k neighbours inside the minority class; use fewer when the class is tiny.
+    k = int(min(5, counts[counts > 0].min() - 1))
+    if k < 1:
+        raise ValueError(f"resample: smote needs at least 2 rows of every class; counts {counts.tolist()}")
+    return over_sampling.SMOTE(k_neighbors=k, random_state=seed)
+
+
+def _imblearn(module: str, cls: str, seeded: bool = True):
+    def make(counts, seed):
+        import importlib
+
+        sampler = getattr(importlib.import_module(f"imblearn.{module}"), cls)
+        return sampler(random_state=seed) if seeded else sampler()
+
+    return make
+
+
+#: ``trainer.resample``: "balanced" draws a class-balanced subset of the training nodes each epoch;
+#: the others resample tabular training rows (imbalanced-learn).
+RESAMPLERS: Registry[Resampler] = Registry("resampler", {
+    "none": Resampler(kinds=("node", "graph", "tabular")),
+    "balanced": Resampler(kinds=("node",)),
+    "random_over": Resampler(kinds=("tabular",), make=_imblearn("over_sampling", "RandomOverSampler")),
+    "random_under": Resampler(kinds=("tabular",), make=_imblearn("under_sampling", "RandomUnderSampler")),
+    "smote": Resampler(kinds=("tabular",), make=_smote),
+    "tomek": Resampler(kinds=("tabular",), make=_imblearn("under_sampling", "TomekLinks", seeded=False)),
+})
 
 
 @dataclasses.dataclass
@@ -41,6 +84,7 @@ class TabularDataset:
     fingerprint: dict
     fractions: tuple = (0.6, 0.2, 0.2)
     task: str = "classification"
+    kind = "tabular"
 
     @property
     def num_features(self) -> int:
@@ -87,26 +131,16 @@ def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int = 0):
     rows up to balance), ``random_under`` (drop majority rows down to balance), ``smote``
     (interpolate new minority rows between neighbours) or ``tomek`` (drop the majority member of
     each Tomek link: cleaning, not balancing). ``none`` returns the input."""
-    if method not in RESAMPLERS:
-        raise ValueError(f"resample: method={method!r} is not one of {RESAMPLERS}")
-    if method == "none":
+    entry = RESAMPLERS.lookup(method, "resample: method")
+    if "tabular" not in entry.kinds:
+        raise ValueError(f"resample: method={method!r} does not resample tabular rows")
+    if entry.make is None:
         return x, y
     try:
-        from imblearn import over_sampling, under_sampling
+        import imblearn  # noqa: F401
     except ImportError as err:
         raise ImportError('resampling needs imbalanced-learn: pip install -e ".[experiments]"') from err
-    counts = np.bincount(y)
-    if method == "smote":
-        # SMOTE needs k neighbours inside the minority class; use fewer when the class is tiny.
-        k = int(min(5, counts[counts > 0].min() - 1))
-        if k < 1:
-            raise ValueError(f"resample: smote needs at least 2 rows of every class; counts {counts.tolist()}")
-        sampler = over_sampling.SMOTE(k_neighbors=k, random_state=seed)
-    else:
-        sampler = {"random_over": lambda: over_sampling.RandomOverSampler(random_state=seed),
-                   "random_under": lambda: under_sampling.RandomUnderSampler(random_state=seed),
-                   "tomek": under_sampling.TomekLinks}[method]()
-    x_new, y_new = sampler.fit_resample(x, y)
+    x_new, y_new = entry.make(np.bincount(y), seed).fit_resample(x, y)
     return np.asarray(x_new, np.float32), np.asarray(y_new, np.int32)
 
 

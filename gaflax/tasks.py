@@ -1,0 +1,393 @@
+"""Tasks: what is trained on a kind of dataset, behind one small interface.
+
+A task is built from a config and a dataset (``__init__``: data to the device, model, optimizer,
+compiled steps) and then offers
+
+    train_epoch(epoch) -> np.ndarray [M]         the training loss of each member
+    predict(params) -> [(splits, alphas)] * M    splits: {split: (labels, outputs, mean loss)}
+    select(new, old, take [M] bool) -> params    keep ``new`` for the members in ``take``
+
+for ``M = num_members`` runs trained together: a sequential run is a grid of one, and ``NodeGrid``
+wraps ``NodeTask``'s steps in ``vmap`` to train many seeds (or fixed exponents) as one program.
+``TASKS`` maps a dataset's kind (``node``, ``graph``, ``tabular``) to its task; ``gaflax.train``
+holds the one epoch loop that drives them all.
+
+Seeds: init, dropout and data splits use separate keys derived from ``config.seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gaflax import data as gdata
+from gaflax import losses
+from gaflax.config import Config
+from gaflax.models import MODELS, add_self_loops, alphas_from_intermediates, sparse_features
+from gaflax.pooling import AGGREGATORS
+from gaflax.pooling import make as make_pool
+from gaflax.registry import Registry
+
+#: Node features with fewer non-zeros than this fraction go to the model as ``SparseFeatures``.
+SPARSE_BELOW = 0.1
+
+
+def build_model(config: Config, ds):
+    """The flax module of ``config.model`` for this dataset (its kind and number of classes)."""
+    return MODELS.lookup(config.model.name, "model.name").build(config, ds.kind, ds.num_classes)
+
+
+def make_optimizer(config: Config, params):
+    # Coupled L2 (added to the gradient before Adam), on every weight except the GA exponents.
+    mask = jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", "") != "alpha_theta", params)
+    return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask), optax.adam(config.optimizer.lr))
+
+
+def make_steps(model, tx, loss=losses.cross_entropy):
+    """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
+    the real graphs (padded batches) that count, and ``loss(logits, labels, mask)`` is one of
+    ``gaflax.losses``. ``eval_step`` takes a stack of masks and returns the logits, the loss under
+    each mask and the sown intermediates (the alphas). ``alpha`` (optional, GAT only) is the value
+    of the fixed GA exponents, passed as an input so that a grid can vmap over it."""
+
+    def forward(params, graph, key, deterministic, alpha):
+        extra = {} if alpha is None else {"alpha": alpha}
+        logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
+                                    mutable=["intermediates"], **extra)
+        return logits, state.get("intermediates", {})
+
+    def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
+        def objective(params):
+            return loss(forward(params, graph, key, False, alpha)[0], labels, mask)
+
+        value, grads = jax.value_and_grad(objective)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    def eval_step(params, graph, labels, masks, alpha=None):
+        logits, intermediates = forward(params, graph, jax.random.key(0), True, alpha)
+        return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
+
+    return train_step, eval_step
+
+
+def outputs(logits, ds) -> np.ndarray:
+    """Class probabilities [n, C] for classification; the predicted values [n] for regression."""
+    return np.asarray(logits[..., 0] if ds.task == "regression" else jax.nn.softmax(logits, -1))
+
+
+def run_keys(seed: int):
+    """(init, dropout) keys of a run: the same for a sequential run and its grid member."""
+    key_init, key_dropout, _ = jax.random.split(jax.random.key(seed), 3)
+    return key_init, key_dropout
+
+
+SPLITS = ("train", "val", "test")
+
+
+class Task:
+    """The shared part of the interface: one member, whose best parameters are kept whole."""
+
+    num_members = 1
+    params = None
+    compile_seconds = 0.0
+
+    def select(self, new, old, take):
+        return new if take[0] else old
+
+
+class _FullBatch(Task):
+    """Full-batch training with fixed shapes and AOT-compiled steps. Subclasses give the inputs
+    (``_inputs``): what the model evaluates on, and what it trains on."""
+
+    def __init__(self, config: Config, ds):
+        self.ds, self.seed = ds, config.seed
+        key_init, self.key_dropout = run_keys(config.seed)
+        self.masks_np = ds.split(config.seed)
+        self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
+        self.inputs, self.labels, self.train_inputs, self.train_labels, self.train_mask = self._inputs(config)
+        self.model = build_model(config, ds)
+        self.params = self.model.init({"params": key_init, "dropout": self.key_dropout}, self.inputs,
+                                      deterministic=True)["params"]
+        self.tx = make_optimizer(config, self.params)
+        self.opt_state = self.tx.init(self.params)
+        self.steps = make_steps(self.model, self.tx, losses.make_loss(config.loss))
+        train_step, eval_step = self.steps
+        start = time.perf_counter()
+        self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.train_inputs, self.train_labels,
+                                                    self.train_mask, self.key_dropout).compile()
+        self.eval_step = jax.jit(eval_step).lower(self.params, self.inputs, self.labels, self.masks).compile()
+        self.compile_seconds = time.perf_counter() - start
+
+    def _train_mask(self, epoch):
+        return self.train_mask
+
+    def train_epoch(self, epoch) -> np.ndarray:
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.train_inputs,
+                                                            self.train_labels, self._train_mask(epoch),
+                                                            jax.random.fold_in(self.key_dropout, epoch))
+        return np.asarray(loss)[None]
+
+    def predict(self, params) -> list:
+        logits, split_losses, intermediates = self.eval_step(params, self.inputs, self.labels, self.masks)
+        probs = outputs(logits, self.ds)
+        splits = {split: (self.ds.labels[m], probs[m], float(loss))
+                  for split, m, loss in zip(SPLITS, self.masks_np, np.asarray(split_losses))}
+        return [(splits, alphas_from_intermediates(intermediates))]
+
+
+def node_inputs(config: Config, ds):
+    """The node dataset's graph (with self-loops if the model wants them) and labels, on device.
+    Sparse features (bag-of-words) stay sparse unless the layer aggregates them directly."""
+    graph = ds.graph
+    aggregate_first = getattr(config.model, "aggregate_first", False)
+    if np.count_nonzero(graph.nodes) < SPARSE_BELOW * graph.nodes.size and not aggregate_first:
+        graph = graph._replace(nodes=sparse_features(graph.nodes))  # the dense matrix never goes to the device
+    graph = jax.tree.map(jnp.asarray, graph)
+    return add_self_loops(graph) if getattr(config.model, "add_self_loops", False) else graph, jnp.asarray(ds.labels)
+
+
+def balanced_train_mask(train_mask, labels, seed: int, epoch: int):
+    """The class-balanced training subset for ``(seed, epoch)``: the same draw for a sequential
+    run and for the grid member with that seed."""
+    return jnp.asarray(gdata.balanced_node_mask(train_mask, labels, np.random.default_rng([seed, epoch])))
+
+
+class NodeTask(_FullBatch):
+    """Node classification (or regression) on one graph, full batch; ``trainer.resample=balanced``
+    trains on a fresh class-balanced subset of the training nodes each epoch."""
+
+    def _inputs(self, config):
+        self.balanced = config.trainer.resample == "balanced"
+        graph, labels = node_inputs(config, self.ds)
+        return graph, labels, graph, labels, self.masks[0]
+
+    def _train_mask(self, epoch):
+        if self.balanced:
+            return balanced_train_mask(self.masks_np[0], self.ds.labels, self.seed, epoch)
+        return self.train_mask
+
+
+class TabularTask(_FullBatch):
+    """Rows of a table, full batch: features standardised with the training rows' statistics;
+    the training rows may be resampled (``trainer.resample``), so training gets its own inputs."""
+
+    def _inputs(self, config):
+        ds, train_mask = self.ds, self.masks_np[0]
+        train_x = ds.features[train_mask]
+        mean, std = train_x.mean(0), train_x.std(0)
+        x = ((ds.features - mean) / np.where(std > 0, std, 1)).astype(np.float32)
+        x_train, y_train = gdata.resample(x[train_mask], ds.labels[train_mask], config.trainer.resample, config.seed)
+        y_train = jnp.asarray(y_train)
+        return jnp.asarray(x), jnp.asarray(ds.labels), jnp.asarray(x_train), y_train, jnp.ones(y_train.shape, bool)
+
+
+class GraphTask(Task):
+    """Graph classification on padded mini-batches (at most three shapes, so three compiles),
+    on one of 10 stratified outer folds (``trainer.fold``) with an inner holdout for validation."""
+
+    def __init__(self, config: Config, ds):
+        self.ds, self.seed = ds, config.seed
+        key_init, self.key_dropout = run_keys(config.seed)
+        self.batch_size = config.trainer.batch_size
+        self.indices = dict(zip(SPLITS, ds.folds(seed=config.seed)[config.trainer.fold]))
+        self.budgets = gdata.budgets_for(ds, self.batch_size)
+        self.model = build_model(config, ds)
+        self.add_loops = getattr(config.model, "add_self_loops", False)
+        first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
+                                                         self.batch_size, self.budgets)))
+        self.params = self.model.init({"params": key_init, "dropout": self.key_dropout}, first[0],
+                                      deterministic=True)["params"]
+        tx = make_optimizer(config, self.params)
+        self.opt_state = tx.init(self.params)
+        train_step, eval_step = make_steps(self.model, tx, losses.make_loss(config.loss))
+        self.train_step, self.eval_step = jax.jit(train_step), jax.jit(eval_step)
+        start = time.perf_counter()
+        jax.block_until_ready(self.eval_step(self.params, first[0], first[1], first[2][None]))
+        self.compile_seconds = time.perf_counter() - start  # one shape; others compile on first use
+
+    def _device(self, batch):
+        graph = jax.tree.map(jnp.asarray, batch.graph)
+        graph = add_self_loops(graph) if self.add_loops else graph
+        return graph, jnp.asarray(batch.labels), jnp.asarray(batch.graph_mask)
+
+    def _batches(self, split, epoch=0):
+        yield from gdata.iterate_batches(self.ds, self.indices[split], self.batch_size, self.budgets,
+                                         shuffle=split == "train", seed=self.seed, epoch=epoch)
+
+    def train_epoch(self, epoch) -> np.ndarray:
+        batch_losses = []
+        for i, batch in enumerate(self._batches("train", epoch)):
+            key = jax.random.fold_in(jax.random.fold_in(self.key_dropout, epoch), i)
+            self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, *self._device(batch), key)
+            batch_losses.append(float(loss))
+        return np.asarray([np.mean(batch_losses)])
+
+    def predict(self, params) -> list:
+        out, alphas = {}, {}
+        for split in SPLITS:
+            labels, probs, loss_sum = [], [], 0.0
+            for batch in self._batches(split):
+                graph, batch_labels, graph_mask = self._device(batch)
+                logits, batch_loss, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
+                keep = batch.graph_mask
+                labels.append(batch.labels[keep])
+                probs.append(outputs(logits, self.ds)[keep])
+                loss_sum += float(batch_loss[0]) * keep.sum()  # weighted by the batch's real graphs
+                alphas = alphas_from_intermediates(intermediates)
+            labels = np.concatenate(labels)
+            out[split] = (labels, np.concatenate(probs), loss_sum / max(len(labels), 1))
+        return [(out, alphas)]
+
+
+class NodeGrid(Task):
+    """Many seeds (and fixed exponents) of one node-task run in one compiled program.
+
+    Parameters, optimizer states, dropout keys, split masks and the fixed GA exponent get a leading
+    member axis and ``NodeTask``'s steps are ``vmap``ped over it, so member ``m`` computes what a
+    sequential run with its seed and alpha computes (to float rounding: batched and unbatched
+    matmuls may round differently, and the exponent is an input here, a constant there).
+    """
+
+    def __init__(self, configs: list[Config], ds):
+        self.ds, self.num_members = ds, len(configs)
+        self.seeds, self.balanced = [c.seed for c in configs], configs[0].trainer.resample == "balanced"
+        keys = [run_keys(c.seed) for c in configs]
+        keys_init = jnp.stack([k[0] for k in keys])
+        self.keys_dropout = jnp.stack([k[1] for k in keys])
+        self.masks_np = [ds.split(c.seed) for c in configs]  # per member: (train, val, test)
+        self.masks = jnp.asarray(np.stack([np.stack(m) for m in self.masks_np]))  # [M, 3, N]
+        config = configs[0]
+        self.graph, self.labels = node_inputs(config, ds)
+        model = build_model(config, ds)
+
+        def init(key_init, key_dropout):
+            return model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
+
+        self.params = jax.jit(jax.vmap(init))(keys_init, self.keys_dropout)
+        tx = make_optimizer(config, jax.tree.map(lambda x: x[0], self.params))
+        self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
+        train_step, eval_step = make_steps(model, tx, losses.make_loss(config.loss))
+        # A fixed exponent is an input of the program, one per member (vmap=alphas varies it).
+        fixed_alpha = AGGREGATORS.lookup(config.pool.name, "pool.name").takes_exponent and not config.pool.learn
+        self.alphas = jnp.asarray([c.pool.alpha for c in configs], jnp.float32) if fixed_alpha else None
+        alpha_axis = 0 if fixed_alpha else None
+
+        def train_members(params, opt_state, graph, labels, train_masks, keys, alphas, epoch):
+            keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
+            return jax.vmap(train_step, (0, 0, None, None, 0, 0, alpha_axis))(
+                params, opt_state, graph, labels, train_masks, keys, alphas)
+
+        start = time.perf_counter()
+        self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels,
+                                                       self.masks[:, 0], self.keys_dropout, self.alphas, 0).compile()
+        self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0, alpha_axis))).lower(
+            self.params, self.graph, self.labels, self.masks, self.alphas).compile()
+        self._select = jax.jit(lambda new, old, take: jax.tree.map(
+            lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
+        self.compile_seconds = time.perf_counter() - start
+
+    def train_epoch(self, epoch) -> np.ndarray:
+        train_masks = self.masks[:, 0]
+        if self.balanced:
+            train_masks = jnp.stack([balanced_train_mask(masks[0], self.ds.labels, seed, epoch)
+                                     for masks, seed in zip(self.masks_np, self.seeds)])
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
+                                                            train_masks, self.keys_dropout, self.alphas, epoch)
+        return np.asarray(loss)
+
+    def predict(self, params) -> list:
+        logits, split_losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks, self.alphas)
+        probs, split_losses = outputs(logits, self.ds), np.asarray(split_losses)
+        out = []
+        for m in range(self.num_members):
+            splits = {split: (self.ds.labels[mask], probs[m][mask], float(loss))
+                      for split, mask, loss in zip(SPLITS, self.masks_np[m], split_losses[m])}
+            out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
+        return out
+
+    def select(self, new, old, take):
+        return self._select(new, old, jnp.asarray(take)) if np.any(take) else old
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """A dataset kind's task: ``single(config, ds)`` trains one run; ``grid(configs, ds)`` (None:
+    not available) trains a vmapped grid of runs that differ only in seed and fixed exponent."""
+
+    single: type
+    grid: type | None = None
+
+
+TASKS: Registry[TaskEntry] = Registry("task", {
+    "node": TaskEntry(NodeTask, grid=NodeGrid),
+    "graph": TaskEntry(GraphTask),
+    "tabular": TaskEntry(TabularTask),
+})
+
+
+def grid_members(config: Config) -> list[tuple[str, Config]]:
+    """The members of a vmapped grid, as (directory name, the sequential run's config):
+    ``trainer.vmap=seeds`` gives ``num_members`` seeds (``seed``, ``seed + 1``, ...);
+    ``trainer.vmap=alphas`` gives every fixed exponent in ``trainer.alphas`` times those seeds."""
+    t = config.trainer
+    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=())
+    seeds = range(config.seed, config.seed + t.num_members)
+    if t.vmap == "seeds":
+        return [(f"seed_{s}", dataclasses.replace(config, seed=s, trainer=single)) for s in seeds]
+    return [(f"alpha_{a:g}_seed_{s}", dataclasses.replace(config, seed=s, trainer=single,
+                                                          pool=dataclasses.replace(config.pool, alpha=float(a))))
+            for a in t.alphas for s in seeds]
+
+
+def load_dataset(config: Config):
+    """The dataset of ``config.dataset``, with the ``dataset.*`` options its registry entry takes."""
+    entry = gdata.lookup(config.dataset.name)
+    options = dict(config.dataset.options)
+    for name in entry.config_options:
+        options.setdefault(name, getattr(config.dataset, name))
+    return gdata.load(config.dataset.name, config.dataset.root, **options)
+
+
+def check_fits(config: Config, ds):
+    """Look every component up in its registry (an unknown name raises, naming its key) and check
+    the settings that are valid on their own but not for this kind of data: a clear error, before
+    anything compiles."""
+    name, t = config.dataset.name, config.trainer
+    model = MODELS.lookup(config.model.name, "model.name")
+    loss = losses.LOSSES.lookup(config.loss.name, "loss.name")
+    resampler = gdata.RESAMPLERS.lookup(t.resample, "trainer.resample")
+    for key, pool in (("pool", config.pool), ("readout", config.readout)):
+        make_pool(pool.name, positive=pool.positive, key=key)  # the name and its options
+    if ds.kind not in model.kinds:
+        fitting = sorted(n for n, e in MODELS.items() if ds.kind in e.kinds)
+        raise ValueError(f"model.name={config.model.name!r} does not fit the {ds.kind} dataset {name!r}; "
+                         f"use model={' or model='.join(fitting)}")
+    if ds.task == "regression":
+        wrong = {"trainer.monitor": (t.monitor, "loss"), "decision.threshold": (config.decision.threshold, "argmax"),
+                 "trainer.resample": (t.resample, "none")}
+        for key, (value, needed) in wrong.items():
+            if value != needed:
+                raise ValueError(f"{key}={value!r} does not fit the regression dataset {name!r}; use {needed!r}")
+    if loss.task != ds.task:
+        fitting = sorted(n for n, e in losses.LOSSES.items() if e.task == ds.task)
+        raise ValueError(f"loss.name={config.loss.name!r} does not fit the {ds.task} dataset {name!r}: it is for "
+                         f"{loss.task}; use one of {fitting}")
+    if ds.kind not in resampler.kinds:
+        allowed = sorted(n for n, e in gdata.RESAMPLERS.items() if ds.kind in e.kinds)
+        raise ValueError(f"trainer.resample={t.resample!r} does not fit dataset {name!r}; choose one of {allowed}")
+    if ds.num_classes != 2 and (t.monitor in ("roc_auc", "average_precision") or config.decision.threshold == "tuned"):
+        raise ValueError(f"trainer.monitor={t.monitor!r} / decision.threshold={config.decision.threshold!r}: "
+                         f"{name!r} has {ds.num_classes} classes; these need a binary task")
+    if t.vmap != "none":
+        if TASKS[ds.kind].grid is None:
+            raise ValueError(f"trainer.vmap={t.vmap}: {name!r} is not a node dataset; "
+                             "vmapped grids exist for node classification (and regression) only")
+        if t.vmap == "alphas" and not AGGREGATORS[config.pool.name].takes_exponent:
+            raise ValueError(f"trainer.vmap=alphas needs a pool that takes an exponent; pool.name={config.pool.name!r} "
+                             f"does not (choose one of {sorted(n for n, a in AGGREGATORS.items() if a.takes_exponent)})")
