@@ -61,7 +61,7 @@ def test_resampling_balances_or_cleans_only_the_given_rows():
     assert data.resample(x, y, "none") == (x, y)
     again = data.resample(x, y, "smote", seed=0)[0]
     np.testing.assert_array_equal(again, data.resample(x, y, "smote", seed=0)[0])  # seeded
-    with pytest.raises(ValueError, match="method='oversample' is not one of"):
+    with pytest.raises(ValueError, match=r"method='oversample' is not a registered resampler; choose one of \['balanced', 'none'"):
         data.resample(x, y, "oversample")
     with pytest.raises(ValueError, match="smote needs at least 2 rows"):
         data.resample(x[:201], y[:201], "smote")
@@ -139,8 +139,8 @@ def test_graph_settings_that_do_not_fit_fail_clearly(tmp_path):
         train_and_evaluate(_config(node, trainer={"resample": "smote"}), tmp_path)
     with pytest.raises(ValueError, match="has 3 classes; these need a binary task"):
         train_and_evaluate(_config(node, decision={"threshold": "tuned"}), tmp_path)
-    with pytest.raises(ValueError, match="model.name='mlp' does not fit the graph dataset"):
-        train_and_evaluate(_config(node, model={"name": "mlp"}), tmp_path)
+    with pytest.raises(ValueError, match="model.name='mlp' does not fit the node dataset 'synthetic'; use model=gat"):
+        train_and_evaluate(_config({**node, "model": {"name": "mlp"}}), tmp_path)
     for bad, message in [({"trainer": {"monitor": "f1"}}, "trainer.monitor='f1' must be one of"),
                          ({"decision": {"precision_weight": 1.0}}, "decision.precision_weight=1.0 must lie in"),
                          ({"decision": {"threshold": "best"}}, "decision.threshold='best' must be")]:
