@@ -1,5 +1,11 @@
-"""The Hydra entry point, end to end, and the W&B writer's failure handling."""
+"""The Hydra entry point, end to end, and the W&B writer's failure handling.
 
+Two tests run the README's commands in a fresh process (a single run, and a resumed multirun on
+the joblib launcher); the rest compose the config with Hydra's compose API and call the entry
+point's functions in this process, which saves a JAX and Hydra import per test.
+"""
+
+import contextlib
 import json
 import os
 import pathlib
@@ -7,10 +13,13 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 
 from experiments.loggers import WandbWriter
-from experiments.train import _accept_plus_pool
+from experiments.train import _accept_plus_pool, to_config, train_one
 from gaflax.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,6 +31,19 @@ def run_train(*overrides, tmp_path):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@contextlib.contextmanager
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        yield
+
+
+def train_here(*overrides, out_dir) -> dict:
+    """``python -m experiments.train <overrides>`` in this process: compose, then ``train_one``."""
+    with hydra_conf():
+        return train_one(compose(config_name="config", overrides=_accept_plus_pool(list(overrides))), out_dir)
+
+
+@pytest.mark.slow
 def test_train_plus_pool_ga_debug_fast(tmp_path):
     proc = run_train("+pool=ga", "debug=fast", "pool.learn=true", "seed=3", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -33,21 +55,30 @@ def test_train_plus_pool_ga_debug_fast(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == results["epochs"]
 
 
-def test_train_with_wandb_logger_disabled(tmp_path):
-    proc = run_train("debug=fast", "logger=wandb", "logger.mode=disabled", tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_train_with_wandb_logger_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = train_here("debug=fast", "logger=wandb", "logger.mode=disabled", "journal.enabled=false", out_dir=tmp_path)
+    assert results["epochs"] >= 1 and (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("pool.alpha=1.5", r"pool.alpha=1.5 must lie in [-1, 1]"),
-    ("model.dropout=-0.2", "model.dropout=-0.2 must lie in [0, 1)"),
-    ("pool=median", "Could not find 'pool/median'"),
+@pytest.mark.parametrize("override, error, message", [
+    ("pool.alpha=1.5", ValueError, r"pool.alpha=1.5 must lie in [-1, 1]"),
+    ("readout.name=median", ValueError, "readout.name='median' is not a registered pooling operator"),
+    ("model.dropout=-0.2", ValueError, "model.dropout=-0.2 must lie in [0, 1)"),
+    ("pool.name=median", ValueError, "pool.name='median' is not a registered pooling operator"),
+    ("pool=median", MissingConfigException, "Could not find 'pool/median'"),
 ])
-def test_bad_values_fail_clearly_before_compiling(tmp_path, override, message):
-    proc = run_train("debug=fast", override, tmp_path=tmp_path)
-    assert proc.returncode != 0
-    assert message in proc.stderr + proc.stdout
+def test_bad_values_fail_clearly_before_compiling(tmp_path, override, error, message):
+    with pytest.raises(error) as caught:
+        train_here("debug=fast", "pool=ga", override, out_dir=tmp_path)
+    assert message in str(caught.value)
     assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_options_an_operator_does_not_have_cannot_be_set():
+    """pool=max has no exponent, so its config group holds no alpha to override."""
+    with hydra_conf(), pytest.raises(Exception, match=r"Could not override 'pool.alpha'"):
+        compose(config_name="config", overrides=["pool=max", "pool.alpha=0.3"])
 
 
 def test_plus_pool_is_the_same_as_pool():
@@ -76,68 +107,73 @@ def test_wandb_failure_never_kills_training(tmp_path):
 
 def test_every_dataset_and_group_option_composes():
     """Every config file in every group composes into a valid typed Config."""
-    from hydra import compose, initialize_config_dir
-
-    from experiments.train import to_config
-
     conf = ROOT / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for group in ("dataset", "model", "pool", "loss", "decision", "optimizer", "trainer", "logger", "debug",
-                      "experiment", "hparams_search"):
+        for group in ("dataset", "model", "pool", "readout", "loss", "decision", "optimizer", "trainer", "logger",
+                      "debug", "experiment", "hparams_search"):
             for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
                 cfg = compose(config_name="config", overrides=[f"{group}={option}"])
                 to_config(cfg)
 
 
-def test_journal_skips_a_repeated_run_and_a_multirun_resumes(tmp_path):
+def test_journal_skips_a_repeated_run(tmp_path, capsys):
     journal = tmp_path / "journal.sqlite"
-    first = run_train("debug=fast", "seed=0", f"journal.path={journal}", tmp_path=tmp_path / "first")
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = run_train("debug=fast", "seed=0", f"journal.path={journal}", tmp_path=tmp_path / "again")
-    assert again.returncode == 0 and "already recorded" in again.stdout
+    train_here("debug=fast", "seed=0", f"journal.path={journal}", out_dir=tmp_path / "first")
+    again = train_here("debug=fast", "seed=0", f"journal.path={journal}", out_dir=tmp_path / "again")
+    assert "already recorded" in capsys.readouterr().out and "journal/duplicate_of" in again
     assert not (tmp_path / "again" / "metrics.jsonl").exists()
-    # A multirun over seeds 0 and 1 (as if relaunched after an interruption) only trains seed 1.
+
+
+@pytest.mark.slow
+def test_a_multirun_on_the_joblib_launcher_resumes_through_the_journal(tmp_path):
+    """The README's multirun, in a fresh process: seed 0 is already in the journal (as if the
+    sweep had been interrupted), so relaunching seeds 0 and 1 trains only seed 1."""
+    journal = tmp_path / "journal.sqlite"
+    train_here("debug=fast", "seed=0", f"journal.path={journal}", out_dir=tmp_path / "first")
     env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
-    multi = subprocess.run([sys.executable, "-m", "experiments.train", "-m", "debug=fast", "seed=0,1",
-                            f"journal.path={journal}", f"hydra.sweep.dir={tmp_path / 'multi'}"],
+    multi = subprocess.run([sys.executable, "-m", "experiments.train", "-m", "hydra/launcher=local", "debug=fast",
+                            "seed=0,1", f"journal.path={journal}", f"hydra.sweep.dir={tmp_path / 'multi'}"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert multi.returncode == 0, multi.stderr[-2000:]
     assert multi.stdout.count("already recorded") == 1
     assert not (tmp_path / "multi" / "0" / "metrics.jsonl").exists()
-    assert (tmp_path / "multi" / "1" / "metrics.jsonl").exists()
+    assert (tmp_path / "multi" / "1" / "results.json").exists()
     from gaflax.journal import Journal
 
     assert [r["config"]["seed"] for r in Journal(journal).runs({"status": "done"})] == [0, 1]
 
 
 def test_loss_option_trains(tmp_path):
-    proc = run_train("debug=fast", "loss=ga", "loss.per_class=true", "loss.alpha=0.9", tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = train_here("debug=fast", "loss=ga", "loss.per_class=true", "loss.alpha=0.9", "journal.enabled=false",
+                         out_dir=tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["loss"] == {
         "name": "ga", "gamma": 2.0, "alpha": 0.9, "per_class": True}
     assert set(results["baselines"]) == {"uniform", "prior", "zero_rule"}
-    assert 0 <= results["test/balanced_accuracy"] <= 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == results["epochs"] and all(np.isfinite(r["train/loss"]) for r in rows)
 
 
-def _run(args, tmp_path, timeout=600):
-    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _search(*overrides, out_dir):
+    from experiments.search import run_study
+
+    with hydra_conf():
+        cfg = compose(config_name="config", overrides=list(overrides))
+        return run_study(cfg, list(overrides), out_dir, train_one)
 
 
-def test_optuna_search_runs_resumes_and_summarizes(tmp_path):
+@pytest.mark.slow
+def test_optuna_search_runs_resumes_and_summarizes(tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
     args = ["debug=fast", "pool=ga", "hparams_search=debug", f"hparams_search.storage={storage}",
-            f"hydra.run.dir={tmp_path / 'run'}"]
-    first = _run([*args, "hparams_search.n_trials=2"], tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "0 of 2 trials done" in first.stdout and "search: best trial" in first.stdout
-    assert "parameter importances" in first.stdout
+            f"journal.path={tmp_path / 'journal.sqlite'}"]
+    _search(*args, "hparams_search.n_trials=2", out_dir=tmp_path / "run")
+    first = capsys.readouterr().out
+    assert "0 of 2 trials done" in first and "search: best trial" in first
+    assert "parameter importances" in first
     assert (tmp_path / "run" / "trial_000" / "results.json").exists()
-    resumed = _run([*args, "hparams_search.n_trials=3"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "2 of 3 trials done" in resumed.stdout and resumed.stdout.count("search: trial ") == 1
+    _search(*args, "hparams_search.n_trials=3", out_dir=tmp_path / "run")
+    resumed = capsys.readouterr().out
+    assert "2 of 3 trials done" in resumed and resumed.count("search: trial ") == 1
 
     import optuna
 
@@ -146,22 +182,13 @@ def test_optuna_search_runs_resumes_and_summarizes(tmp_path):
 
 
 def test_bad_search_space_fails_clearly(tmp_path):
-    proc = _run(["debug=fast", "hparams_search=debug", "+hparams_search.params.seed={type:gaussian}",
-                 f"hparams_search.storage=sqlite:///{tmp_path / 'o.sqlite'}", f"hydra.run.dir={tmp_path}"], tmp_path)
-    assert proc.returncode != 0
-    assert "hparams_search.params.seed.type='gaussian' must be one of" in proc.stderr
+    with pytest.raises(ValueError, match=r"hparams_search.params.seed.type='gaussian' must be one of"):
+        _search("debug=fast", "hparams_search=debug", "+hparams_search.params.seed={type:gaussian}",
+                f"hparams_search.storage=sqlite:///{tmp_path / 'o.sqlite'}", out_dir=tmp_path)
     assert not (tmp_path / "trial_000").exists()
 
 
-def test_joblib_launcher_runs_a_local_multirun(tmp_path):
-    proc = _run(["-m", "hydra/launcher=local", "debug=fast", "seed=0,1", f"hydra.sweep.dir={tmp_path}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert all((tmp_path / str(i) / "results.json").exists() for i in (0, 1))
-
-
 def test_launcher_configs_compose():
-    from hydra import compose, initialize_config_dir
-
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [cluster] extra")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         slurm = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

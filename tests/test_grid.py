@@ -14,6 +14,7 @@ RAW = {"dataset": {"name": "synthetic", "options": {"num_nodes": 300, "task": "c
 COMPARED = ("best_epoch", "epochs", "test/accuracy", "val/accuracy", "train/accuracy", "test/macro_f1")
 
 
+@pytest.mark.slow
 def test_members_equal_sequential_runs(tmp_path):
     config = Config.from_dict(RAW)
     grid = train_grid(config, tmp_path / "grid")
@@ -62,6 +63,7 @@ def test_grid_needs_a_node_task(tmp_path):
         Config.from_dict({"pool": {"name": "ga"}, "trainer": {"vmap": "alphas"}})
 
 
+@pytest.mark.slow
 def test_alpha_grid_members_equal_sequential_runs(tmp_path, capsys):
     """Fixed exponents (the min and max limits included) and seeds in one program."""
     raw = {**RAW, "pool": {"name": "ga", "learn": False},

@@ -164,12 +164,18 @@ def test_binary_counts():
     assert metrics.binary_counts([1, 0, 1, 0], [1, 1, 0, 0]) == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
 
 
-@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 0.5, 1.0])
-def test_ga_score_is_monotone_in_alpha(alpha):
-    # GA is non-decreasing in p, so min <= GA <= max for every alpha.
-    y_true, y_pred = BINARY[0]
-    values = [float(metrics.ga_score(y_true, y_pred, alpha=a)) for a in (-1.0, alpha, 1.0)]
-    assert values[0] - 1e-6 <= values[1] <= values[2] + 1e-6
+@pytest.mark.parametrize("case", range(3))  # the fourth random case has P = R = 0
+def test_ga_score_runs_from_min_to_max_of_precision_and_recall(case):
+    """GA is non-decreasing in alpha, from min(P, R) at alpha = -1 to max(P, R) at alpha = 1."""
+    y_true, y_pred = BINARY[case]
+    precision = sk.precision_score(y_true, y_pred, zero_division=0)
+    recall = sk.recall_score(y_true, y_pred, zero_division=0)
+    assert precision != recall  # otherwise the limits could not tell min from max
+    alphas = np.linspace(-1, 1, 21)
+    values = np.array([float(metrics.ga_score(y_true, y_pred, alpha=a)) for a in alphas])
+    assert np.all(np.diff(values) >= -1e-6)
+    np.testing.assert_allclose(values[0], min(precision, recall), rtol=1e-6)
+    np.testing.assert_allclose(values[-1], max(precision, recall), rtol=1e-6)
 
 
 def test_every_case_is_finite():

@@ -26,6 +26,7 @@ def _config(**sections):
     return Config.from_dict(raw)
 
 
+@pytest.mark.slow
 def test_a_learned_ga_recovers_the_true_exponent(tmp_path):
     results = train_and_evaluate(_config(), tmp_path)
     assert results["alphas"]["gat_0"] == pytest.approx(-0.5, abs=0.1)  # from 0.5, the arithmetic mean
