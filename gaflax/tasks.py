@@ -347,7 +347,7 @@ def grid_members(config: Config) -> list[tuple[str, Config]]:
 
 def load_dataset(config: Config):
     """The dataset of ``config.dataset``, with the ``dataset.*`` options its registry entry takes."""
-    entry = gdata.lookup(config.dataset.name)
+    entry = gdata.lookup(config.dataset.name, "dataset.name")
     options = dict(config.dataset.options)
     for name in entry.config_options:
         options.setdefault(name, getattr(config.dataset, name))

@@ -131,7 +131,7 @@ def test_stats_cli(capsys):
 # Bad input
 # ---------------------------------------------------------------------------------------------
 def test_unknown_name_is_clear():
-    with pytest.raises(DatasetError, match="unknown dataset 'coraa'.*cora"):
+    with pytest.raises(DatasetError, match="unknown dataset 'coraa'. Known: cora, citeseer"):
         load("coraa", "/nonexistent")
 
 

