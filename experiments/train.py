@@ -89,7 +89,7 @@ def _train_grid(config, cfg, out_dir, journal, on_duplicate) -> dict:
 
 
 def _model_name(config: Config) -> str:
-    return config.pool.name if hasattr(config.model, "heads") else config.model.name
+    return config.pool.name if config.model.name == "gat" else config.model.name
 
 
 def _journal(settings) -> Journal | None:

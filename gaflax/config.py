@@ -246,7 +246,7 @@ def model_configs() -> dict[str, type[ModelConfig]]:
 
 def _section_class(key: str, value) -> type | None:
     if key == "model":
-        name = (value or {}).get("name", "gat")
+        name = (value or {}).get("name", GATConfig.name)  # Config's default model
         classes = model_configs()
         if name not in classes:
             raise ValueError(f"config: model.name={name!r} is not one of {sorted(classes)}")

@@ -290,7 +290,8 @@ class Journal:
 
 
 class Claim:
-    """The runs a ``Journal.claim`` block trains (see there). Without a journal
+    """The runs a ``Journal.claim`` block trains (see there): ``decisions[i]`` is ``begin``'s
+    decision for run ``i`` (its ``earlier`` row when skipped). Without a journal
     (``Claim(None, n)``) every run trains and nothing is recorded."""
 
     def __init__(self, journal: Journal | None, decisions: list[Decision] | int):
@@ -302,13 +303,6 @@ class Claim:
     def todo(self) -> list[int]:
         """Indices of the runs to train."""
         return [i for i, d in enumerate(self.decisions) if d.run]
-
-    def earlier(self, i: int) -> dict | None:
-        """The earlier run's journal row standing in for run ``i`` (None when ``i`` trains)."""
-        return self.decisions[i].earlier
-
-    def run_id(self, i: int) -> int | None:
-        return self.decisions[i].run_id
 
     def unfinished(self) -> list[int]:
         return [d.run_id for d in self.decisions if d.run_id is not None and d.run_id not in self._finished]

@@ -316,19 +316,17 @@ def alphas_from_intermediates(intermediates) -> dict:
 
 def layer_options(config: Config) -> LayerOptions:
     """The GAT layers' options from ``config.model`` (a GATConfig) and ``config.pool``."""
-    m, p = config.model, config.pool
-    aggregate, exponent = pooling.make(p.name, alpha=p.alpha, learn=p.learn, scope=p.scope, lr_mult=p.lr_mult,
-                                       positive=p.positive, key="pool")
+    m = config.model
+    aggregate, exponent = pooling.from_config(config.pool, "pool")
     return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
                         attention_dropout=m.attention_dropout, attention=m.attention,
                         aggregate_first=m.aggregate_first)
 
 
 def _build_gat(config: Config, kind: str, num_classes: int) -> nn.Module:
-    m, r = config.model, config.readout
+    m = config.model
     if kind == "graph":
-        readout, readout_exponent = pooling.make(r.name, alpha=r.alpha, learn=r.learn, scope=r.scope,
-                                                 lr_mult=r.lr_mult, positive=r.positive, key="readout")
+        readout, readout_exponent = pooling.from_config(config.readout, "readout")
         return GraphGAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
                         readout=readout, readout_exponent=readout_exponent, mlp=tuple(m.mlp),
                         layer=layer_options(config))

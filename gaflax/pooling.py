@@ -26,6 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from gaflax.config import PoolConfig
 from gaflax.ga import p_from_alpha, segment_ga, segment_log_ga
 from gaflax.registry import Registry
 
@@ -169,3 +170,9 @@ def make(name: str, *, alpha: float = 0.5, learn: bool = False, scope: str = "la
     fn = functools.partial(entry.fn, **bound) if bound else entry.fn
     exponent = ExponentSpec(init=alpha, learn=learn, scope=scope, lr_mult=lr_mult) if entry.takes_exponent else None
     return fn, exponent
+
+
+def from_config(pool: PoolConfig, key: str) -> tuple[Callable, ExponentSpec | None]:
+    """``make`` for a ``pool`` or ``readout`` config section (``key`` names it in errors)."""
+    return make(pool.name, alpha=pool.alpha, learn=pool.learn, scope=pool.scope, lr_mult=pool.lr_mult,
+                positive=pool.positive, key=key)

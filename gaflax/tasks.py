@@ -30,7 +30,7 @@ from gaflax import losses
 from gaflax.config import Config
 from gaflax.models import MODELS, add_self_loops, alphas_from_intermediates, sparse_features
 from gaflax.pooling import AGGREGATORS
-from gaflax.pooling import make as make_pool
+from gaflax.pooling import from_config as pool_from_config
 from gaflax.registry import Registry
 
 #: Node features with fewer non-zeros than this fraction go to the model as ``SparseFeatures``.
@@ -105,7 +105,9 @@ class _FullBatch(Task):
     """Full-batch training with fixed shapes and AOT-compiled steps. Subclasses give the inputs
     (``_inputs``): what the model evaluates on, and what it trains on."""
 
-    def __init__(self, config: Config, ds):
+    def __init__(self, config: Config, ds, compile: bool = True):
+        """``compile=False`` leaves ``train_step`` / ``eval_step`` uncompiled; ``steps`` holds
+        the pure functions (``NodeGrid`` vmaps them)."""
         self.ds, self.seed = ds, config.seed
         key_init, self.key_dropout = run_keys(config.seed)
         self.masks_np = ds.split(config.seed)
@@ -117,6 +119,10 @@ class _FullBatch(Task):
         self.tx = make_optimizer(config, self.params)
         self.opt_state = self.tx.init(self.params)
         self.steps = make_steps(self.model, self.tx, losses.make_loss(config.loss))
+        if compile:
+            self._compile()
+
+    def _compile(self):
         train_step, eval_step = self.steps
         start = time.perf_counter()
         self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.train_inputs, self.train_labels,
@@ -248,8 +254,9 @@ class GraphTask(Task):
 class NodeGrid(Task):
     """Many seeds (and fixed exponents) of one node-task run in one compiled program.
 
-    Parameters, optimizer states, dropout keys, split masks and the fixed GA exponent get a leading
-    member axis and ``NodeTask``'s steps are ``vmap``ped over it, so member ``m`` computes what a
+    It wraps an uncompiled ``NodeTask`` of the first member (its graph, model, optimizer and pure
+    steps). Parameters, optimizer states, dropout keys, split masks and the fixed GA exponent get a
+    leading member axis and the steps are ``vmap``ped over it, so member ``m`` computes what a
     sequential run with its seed and alpha computes (to float rounding: batched and unbatched
     matmuls may round differently, and the exponent is an input here, a constant there).
     """
@@ -263,16 +270,15 @@ class NodeGrid(Task):
         self.masks_np = [ds.split(c.seed) for c in configs]  # per member: (train, val, test)
         self.masks = jnp.asarray(np.stack([np.stack(m) for m in self.masks_np]))  # [M, 3, N]
         config = configs[0]
-        self.graph, self.labels = node_inputs(config, ds)
-        model = build_model(config, ds)
+        base = NodeTask(config, ds, compile=False)
+        self.graph, self.labels, model, tx = base.inputs, base.labels, base.model, base.tx
+        train_step, eval_step = base.steps
 
         def init(key_init, key_dropout):
             return model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
 
         self.params = jax.jit(jax.vmap(init))(keys_init, self.keys_dropout)
-        tx = make_optimizer(config, jax.tree.map(lambda x: x[0], self.params))
         self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
-        train_step, eval_step = make_steps(model, tx, losses.make_loss(config.loss))
         # A fixed exponent is an input of the program, one per member (vmap=alphas varies it).
         fixed_alpha = AGGREGATORS.lookup(config.pool.name, "pool.name").takes_exponent and not config.pool.learn
         self.alphas = jnp.asarray([c.pool.alpha for c in configs], jnp.float32) if fixed_alpha else None
@@ -362,8 +368,8 @@ def check_fits(config: Config, ds):
     model = MODELS.lookup(config.model.name, "model.name")
     loss = losses.LOSSES.lookup(config.loss.name, "loss.name")
     resampler = gdata.RESAMPLERS.lookup(t.resample, "trainer.resample")
-    for key, pool in (("pool", config.pool), ("readout", config.readout)):
-        make_pool(pool.name, positive=pool.positive, key=key)  # the name and its options
+    for key in ("pool", "readout"):
+        pool_from_config(getattr(config, key), key)  # the name and its options
     if ds.kind not in model.kinds:
         fitting = sorted(n for n, e in MODELS.items() if ds.kind in e.kinds)
         raise ValueError(f"model.name={config.model.name!r} does not fit the {ds.kind} dataset {name!r}; "

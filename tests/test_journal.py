@@ -199,7 +199,7 @@ def test_claim_beats_every_member_and_fails_the_unfinished_on_error(jr):
     assert all(status[i][0] == "failed" and "member 2 broke" in status[i][1] for i in rest)
     # The finished member is now a duplicate; the failed ones are claimed again.
     with jr.claim(experiments) as again:
-        assert again.todo == [1, 2] and again.earlier(0)["results"]["test/accuracy"] == 0.5
+        assert again.todo == [1, 2] and again.decisions[0].earlier["results"]["test/accuracy"] == 0.5
         for i in again.todo:
             again.finish(i, {"test/accuracy": 0.6})
 
