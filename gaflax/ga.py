@@ -45,8 +45,26 @@ __all__ = [
 #: weight). ``ga`` / ``segment_ga`` return 0 there. Both have zero gradient.
 EMPTY_LOG_FILL = 0.0
 
-# Below this |t| = |p (z - L)| the exponent-gradient terms use a Taylor series (see _kl_terms).
-_TAYLOR_RADIUS = 0.5
+# Named thresholds (derivations in docs/ga_math.md):
+# log1p(U) form when |p| * (log max - log min) is below this: u = 0.567 solves u e^u = 1, where the
+# error bounds of the two forms, eps * D * e^{|p| D} and eps / |p|, cross.
+_LOG1P_SWITCH = 0.567
+# expm1(t) by its Taylor series below this |t|: just above _LOG1P_SWITCH, so every term of a
+# log1p-form sum takes the series, and 10 (float32) / 17 (float64) terms reach rounding.
+_EXPM1_SERIES_RADIUS = 0.6
+# Below this |t| = |p (z - L)| the exponent-gradient terms use a Taylor series (_kl_over_p2_terms).
+_KL_TAYLOR_RADIUS = 0.5
+# A log(S)-form sum below 2^this may have lost terms to underflow (they vanish below the smallest
+# normal, 2^-126 / 2^-1022, i.e. 2^-26 / 2^-122 of it: at or below rounding): then segments
+# retake the reference per segment.
+_UNDERFLOW_GUARD_EXP32 = -100
+_UNDERFLOW_GUARD_EXP64 = -900
+# Clips of d = z - L and t = p d in the exponent gradient. Real differences of logs stay below
+# 2 * 710 and e^t underflows long before -1e4; the clips only keep the dropped terms of groups
+# that are not ok (d = -inf for a zero input) finite, as the double-where idiom needs, with
+# d^2 = 1e30 still finite in float32.
+_LOG_DIFF_CLIP = 1e15
+_EXPONENT_CLIP = 1e4
 # Taylor coefficients of h(t) / t^2 with h(t) = (t - 1) e^t + 1:  sum_j (j + 1) / (j + 2)! t^j.
 _KL_TAYLOR = tuple((j + 1) / math.factorial(j + 2) for j in range(15))
 # Taylor coefficients of expm1(t) / t: 1 / (k + 1)!.
@@ -127,39 +145,55 @@ class _Segments(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # The core: forward statistics, shared by the value and the JVP.
 # ----------------------------------------------------------------------------------------------
-class _Stats(NamedTuple):
-    """Per-group results of the forward pass (all of the group shape)."""
+class _GroupStats(NamedTuple):
+    """Per-group results of the forward pass (all of the group shape). With wbar = w / sum(w) and
+    the element terms e_i = exp(p (z_i - log_ref)):"""
 
-    L: jax.Array  # log of the mean (EMPTY_LOG_FILL where empty)
-    M: jax.Array  # the mean itself (0 where empty); unused for log inputs
+    log_mean: jax.Array  # L = log M (EMPTY_LOG_FILL where empty)
+    mean: jax.Array  # M itself (0 where empty); unused for log inputs
     ok: jax.Array  # bool: non-empty and L > -inf; gradients are zero elsewhere
-    W: jax.Array  # total weight, 1 where empty
-    S: jax.Array  # sum wbar * e, 1 where not ok
-    U: jax.Array  # sum wbar * (e - 1) = S - 1, exact to rounding in the log1p branch
-    zref: jax.Array  # the reference log-value (log of the max / min input) of the exponents
-    use_log1p: jax.Array  # bool: the log1p(U) branch (Taylor expm1 terms) was used
+    total_weight: jax.Array  # W = sum w, 1 where empty
+    term_mean: jax.Array  # S = sum wbar e, 1 where not ok
+    term_mean_minus_1: jax.Array  # U = S - 1, exact to rounding in the log1p form
+    log_ref: jax.Array  # the reference log-value (log of the max / min input) of the exponents
+    use_log1p: jax.Array  # bool: the log1p(U) form (Taylor expm1 terms) was used
     unreliable: jax.Array  # bool: the per-channel reference is not good enough (segments)
-    zref_coarse: jax.Array  # the reference from layout.bounds (per channel for segments)
-    exact: jax.Array  # scalar bool: zref is the per-segment reference, not zref_coarse
-    e: jax.Array | None  # element terms exp(p (z - zref)) (p = 1 if 0 or infinite); JVP only
+    log_ref_coarse: jax.Array  # the reference from layout.bounds (per channel for segments)
+    exact: jax.Array  # scalar bool: log_ref is the per-segment reference, not log_ref_coarse
+    terms: jax.Array | None  # the e_i (with p = 1 where p is 0 or infinite); JVP only
 
 
-def _expm1_over_t(t):
-    """expm1(t) / t for |t| < 0.6 by its Taylor series sum_k t^k / (k + 1)!: a few FMAs instead
-    of a slow expm1. The truncation error is below rounding with 10 terms (float32), 17 (float64).
-    """
-    n_terms = 10 if jnp.finfo(t.dtype).bits <= 32 else 17
+class _Reference(NamedTuple):
+    """The reference input of each group's exponents, and the spread the sum's form depends on."""
+
+    value: jax.Array  # the max (p >= 0) or min non-zero (p < 0) input; neutral (x = 1) if none
+    log: jax.Array  # its log
+    found: jax.Array  # bool: an input with weight that can serve (finite, above the floor)
+    bound: jax.Array  # the value before the neutral stand-in (may be +-inf or the floor)
+    log_coarse: jax.Array  # log of the layout's bound (per channel for segments)
+    log_spread: jax.Array  # log(max) - log(min) of the bounds
+
+
+def _horner(coefficients, t):
+    """sum_k coefficients[k] t^k by Horner's rule: a few FMAs instead of a transcendental."""
     acc = jnp.zeros_like(t)
-    for c in reversed(_EXPM1_TAYLOR[:n_terms]):
+    for c in reversed(coefficients):
         acc = acc * t + c
     return acc
 
 
+def _expm1_over_t(t):
+    """expm1(t) / t for |t| < _EXPM1_SERIES_RADIUS by its Taylor series sum_k t^k / (k + 1)!."""
+    n_terms = 10 if jnp.finfo(t.dtype).bits <= 32 else 17  # truncation below rounding there
+    return _horner(_EXPM1_TAYLOR[:n_terms], t)
+
+
 def _element_terms(z, p, zref_e, at_extreme_e, e_regular=None):
     """Per element: e = exp(p d0) and em1 = e - 1 with d0 = z - zref (a Taylor series for |p d0| <
-    0.6). At p = 0, e = 1 and em1 = d0, the terms of the geometric mean. For infinite p, e is
-    ``at_extreme_e`` (the indicator of the arg-max or arg-min) and em1 is meaningless.
-    ``e_regular``, if given, is exp(p d0) already computed with p = 1 where p is 0 or infinite.
+    _EXPM1_SERIES_RADIUS). At p = 0, e = 1 and em1 = d0, the terms of the geometric mean. For
+    infinite p, e is ``at_extreme_e`` (the indicator of the arg-max or arg-min) and em1 is
+    meaningless. ``e_regular``, if given, is exp(p d0) already computed with p = 1 where p is 0 or
+    infinite.
 
     Written with group-level selects only: an element-level select between two gathered
     quantities made XLA:CPU's scatter 5x slower (scripts/bench_ga.py).
@@ -167,13 +201,85 @@ def _element_terms(z, p, zref_e, at_extreme_e, e_regular=None):
     p_lin = jnp.where(jnp.isfinite(p) & (p != 0), p, 1)  # 1 at p = 0: t0 = d0
     t0 = p_lin * (z - zref_e)
     e = jnp.where(p != 0, jnp.exp(t0) if e_regular is None else e_regular, 1)
-    series = (jnp.abs(t0) < 0.6) | (p == 0)
+    series = (jnp.abs(t0) < _EXPM1_SERIES_RADIUS) | (p == 0)
     em1 = jnp.where(series, t0 * _expm1_over_t(jnp.where(series & (p != 0), t0, 0)), e - 1)
     e = jnp.where(jnp.isfinite(p), e, at_extreme_e)
     return e, em1
 
 
-def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stats:
+def _reference(layout, log_input, v, support, p, ids, exact_reference) -> _Reference:
+    """The max of x for p >= 0 and the min of the non-zero x for p < 0, so that every exponent
+    p (z - zref) <= 0. By default it comes from ``layout.bounds``: exact per group for dense
+    arrays, per channel over all rows for segments (two plain reductions instead of a segment
+    max; see ``_stats`` for when that is not enough). ``exact_reference`` takes it per segment as
+    ``sign(p) * max(sign(p) * x)``. Either way it is an input value itself, so min, max and
+    one-element groups come out exactly, without an exp(log x) round trip.
+    """
+    dtype = v.dtype
+    floor = -jnp.inf if log_input else 0  # the input value whose log is -inf
+    neutral = 0 if log_input else 1  # the input value whose log is 0
+    to_log = (lambda a: a) if log_input else jnp.log
+    clamp = -jnp.finfo(dtype).max if log_input else jnp.finfo(dtype).tiny  # a zero's stand-in
+    hi, lo = layout.bounds(v, support, floor, clamp)
+    if exact_reference:
+        sign = jnp.where(p >= 0, 1, -1).astype(dtype)
+        bound = sign * layout.max(jnp.where(support & ~((v == floor) & (p < 0)), sign * v, -jnp.inf), ids)
+    else:
+        bound = jnp.where(p >= 0, hi, lo)
+    coarse = jnp.where(p >= 0, hi, lo)  # equal to bound unless exact_reference
+    log_coarse = to_log(jnp.where(jnp.isfinite(coarse) & (coarse > floor), coarse, neutral))
+    found = jnp.isfinite(bound) & (bound > floor)
+    value = jnp.where(found, bound, neutral)
+    log = to_log(value)
+    return _Reference(value, log, found, bound, log_coarse, log_spread=to_log(hi) - to_log(lo))
+
+
+def _weighted_term_sum(layout, log_input, v, z, w, support, p, regular, p_safe, ids, log_ref_e, use_log1p, series,
+                       e_shared):
+    """sum_i w_i q_i per group over the ``support`` (w > 0), with q = e - 1 (Taylor terms) where
+    ``series`` (the log1p form, and p = 0 where it is z - zref) and q = e elsewhere (the log(S)
+    form, and the arg-max / -min indicator for infinite p). ``regular``: p finite and non-zero;
+    ``p_safe``: p there, else 1.
+
+    The value alone takes the log inside each branch, where it fuses into the sum's terms. The
+    JVP passes z and ``e_shared`` so that its coefficients need no second exp.
+    """
+    dtype = v.dtype
+    floor = -jnp.inf if log_input else 0
+    logs = (lambda: v if log_input else jnp.log(v)) if z is None else (lambda: z)
+
+    def terms_sum(q):
+        return layout.sum(jnp.where(support, w * q, 0), ids)
+
+    def general():
+        # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
+        # p = -inf, so that the sum is inf and flags a mean of 0 exactly as for finite p < 0.
+        z_ = logs()
+        at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z_ == log_ref_e).astype(dtype))
+        e, em1 = _element_terms(z_, p, log_ref_e, at_extreme, e_shared)
+        return terms_sum(jnp.where(layout.expand(series, ids), em1, e))
+
+    def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
+        return terms_sum(jnp.exp(p_safe * (logs() - log_ref_e)) if e_shared is None else e_shared)
+
+    # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
+    # much as the exp itself on XLA:CPU (scripts/bench_ga.py).
+    return jax.lax.cond(jnp.all(regular & ~use_log1p), plain, general)
+
+
+def _log_offset(averaged, p, finite, p_safe, use_log1p, found_ref):
+    """log M - zref from ``averaged`` = sum wbar q: U in the log1p form, S in the log(S) form and
+    mean(z - zref) at p = 0. +inf (a zero with p < 0) and 0 (all weight on zeros, p > 0) mean a
+    mean of 0: -inf. ``finite``: p is finite; ``p_safe``: p where finite and non-zero, else 1."""
+    log_s = jnp.where(use_log1p, jnp.log1p(averaged), jnp.log(jnp.where(averaged == 0, 1, averaged)))
+    log_s = jnp.where((averaged == 0) & ~use_log1p, -jnp.inf, log_s)  # all weight on zeros, p > 0
+    offset = jnp.where(p == 0, averaged, log_s / p_safe)  # a zero with p < 0 gives inf: -inf
+    # Infinite p: inf (a zero, p = -inf) or 0 (only zeros, p = +inf) mean a mean of 0.
+    offset = jnp.where(finite, offset, jnp.where((averaged == jnp.inf) | (averaged == 0), -jnp.inf, 0))
+    return jnp.where(found_ref | (p > 0), offset, -jnp.inf)  # p < 0 and nothing but zeros
+
+
+def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _GroupStats:
     """Compute the mean and the per-group terms its derivatives need.
 
     ``v``: element values (x, or z when ``log_input``); ``z``: their logs (``v`` itself when
@@ -181,101 +287,70 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Stat
     weights broadcastable to ``v`` (same rank); ``p``: exponent broadcastable to the groups and
     elements (same rank).
 
-    Reference: the max of x for p >= 0 and the min of the non-zero x for p < 0, so that every
-    exponent p (z - zref) <= 0. By default it comes from ``layout.bounds``: exact per group for
-    dense arrays, per channel over all rows for segments (two plain reductions instead of a
-    segment max; see ``_stats`` for when that is not enough). ``exact_reference`` takes it per
-    segment as ``sign(p) * max(sign(p) * x)``. Either way it is an input value itself, so min,
-    max and one-element groups come out exactly, without an exp(log x) round trip.
-
-    One sum per group: the log1p(U) form (Taylor expm1 terms) when |p| * spread < 0.567, where
-    every |t| < 0.567 and S > 1/2, else the log(S) form (exp terms). 0.567 (u e^u = 1) is where
-    the two error bounds, eps * D * e^{|p| D} and eps / |p|, cross (docs/ga_math.md).
+    One sum per group, in one of two forms (docs/ga_math.md): log1p(U) with Taylor expm1 terms
+    when |p| * spread < _LOG1P_SWITCH, where every |t| is that small and S > 1/2; else log(S) with
+    exp terms.
     """
     dtype = v.dtype
-    floor = -jnp.inf if log_input else 0  # the input value whose log is -inf
-    to_log = (lambda a: a) if log_input else jnp.log
     support = w > 0
-    W = layout.sum(w, ids)
-    nonempty = W > 0
-    W = jnp.where(nonempty, W, 1)
+    total_weight = layout.sum(w, ids)
+    nonempty = total_weight > 0
+    total_weight = jnp.where(nonempty, total_weight, 1)
 
     finite = jnp.isfinite(p)
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
-    clamp = -jnp.finfo(dtype).max if log_input else jnp.finfo(dtype).tiny  # a zero's stand-in
-    hi, lo = layout.bounds(v, support, floor, clamp)
-    if exact_reference:
-        sign = jnp.where(p >= 0, 1, -1).astype(dtype)
-        ref = sign * layout.max(jnp.where(support & ~((v == floor) & (p < 0)), sign * v, -jnp.inf), ids)
-    else:
-        ref = jnp.where(p >= 0, hi, lo)
-    coarse = jnp.where(p >= 0, hi, lo)  # equal to ref unless exact_reference
-    zref_coarse = to_log(jnp.where(jnp.isfinite(coarse) & (coarse > floor), coarse, 0 if log_input else 1))
-    ref_bound = ref
-    has_ref = jnp.isfinite(ref) & (ref > floor)
-    ref = jnp.where(has_ref, ref, 0 if log_input else 1)
-    zref = to_log(ref)
-    spread = to_log(hi) - to_log(lo)
-    use_log1p = regular & (jnp.abs(p_safe) * jnp.where(spread >= 0, spread, jnp.inf) < 0.567)
+    ref = _reference(layout, log_input, v, support, p, ids, exact_reference)
+    spread = ref.log_spread
+    use_log1p = regular & (jnp.abs(p_safe) * jnp.where(spread >= 0, spread, jnp.inf) < _LOG1P_SWITCH)
 
-    zref_e = layout.expand(zref, ids)
+    log_ref_e = layout.expand(ref.log, ids)
     series = use_log1p | (p == 0)
-
-    # The value alone takes the log inside each branch, where it fuses into the sum's terms. The
-    # JVP passes z and gets the exp terms back, so that its coefficients need no second exp.
-    logs = (lambda: to_log(v)) if z is None else (lambda: z)
-    e_shared = None if z is None else jnp.exp(p_safe * (z - zref_e))
-
-    def terms_sum(q):
-        return layout.sum(jnp.where(support, w * q, 0), ids)
-
-    def general():
-        # Infinite p: the terms are the indicator of the arg-max (arg-min), and +inf for zeros when
-        # p = -inf, so that Q = inf flags a mean of 0 exactly as for finite p < 0.
-        z = logs()
-        at_extreme = jnp.where((v == floor) & (p < 0), jnp.inf, (z == zref_e).astype(dtype))
-        e, em1 = _element_terms(z, p, zref_e, at_extreme, e_shared)
-        return terms_sum(jnp.where(layout.expand(series, ids), em1, e))  # em1 = d0 at p = 0
-
-    def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
-        return terms_sum(jnp.exp(p_safe * (logs() - zref_e)) if e_shared is None else e_shared)
-
-    # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
-    # much as the exp itself on XLA:CPU (scripts/bench_ga.py).
-    total = jax.lax.cond(jnp.all(regular & ~use_log1p), plain, general)
+    e_shared = None if z is None else jnp.exp(p_safe * (z - log_ref_e))
+    total = _weighted_term_sum(
+        layout, log_input, v, z, w, support, p, regular, p_safe, ids, log_ref_e, use_log1p, series, e_shared
+    )
     # Empty groups get the neutral sum (log S = 0) so that no Inf enters any derivative.
-    Q = jnp.where(nonempty, total / W, jnp.where(series, 0, 1))
-    S = jnp.where(p == 0, 1, jnp.where(use_log1p, 1 + Q, Q))
-    U = jnp.where(p == 0, 0, jnp.where(use_log1p, Q, Q - 1))
+    averaged = jnp.where(nonempty, total / total_weight, jnp.where(series, 0, 1))
+    term_mean = jnp.where(p == 0, 1, jnp.where(use_log1p, 1 + averaged, averaged))
+    term_mean_minus_1 = jnp.where(p == 0, 0, jnp.where(use_log1p, averaged, averaged - 1))
 
-    log_s = jnp.where(use_log1p, jnp.log1p(Q), jnp.log(jnp.where(Q == 0, 1, Q)))
-    log_s = jnp.where((Q == 0) & ~use_log1p, -jnp.inf, log_s)  # all weight on zeros, p > 0
-    offset = jnp.where(p == 0, Q, log_s / p_safe)  # a zero with p < 0 gives Q = inf: -inf
-    # Infinite p: Q = inf (a zero, p = -inf) or Q = 0 (only zeros, p = +inf) mean a mean of 0.
-    offset = jnp.where(finite, offset, jnp.where((Q == jnp.inf) | (Q == 0), -jnp.inf, 0))
-    offset = jnp.where(has_ref | (p > 0), offset, -jnp.inf)  # p < 0 and nothing but zeros
-    L = jnp.where(nonempty, zref + offset, EMPTY_LOG_FILL)
-    M = jnp.where(nonempty, ref * jnp.exp(offset), 0)
+    offset = _log_offset(averaged, p, finite, p_safe, use_log1p, ref.found)
+    log_mean = jnp.where(nonempty, ref.log + offset, EMPTY_LOG_FILL)
+    mean = jnp.where(nonempty, ref.value * jnp.exp(offset), 0)
 
     # Only for segments with a per-channel reference: a log(S)-form sum far below the channel's
-    # reference may underflow (and for infinite p the indicator needs the exact extreme).
-    tiny = 2.0 ** (-100 if jnp.finfo(dtype).bits <= 32 else -900)
+    # reference may have underflowed (and for infinite p the indicator needs the exact extreme).
     # Per-channel bounds that are not finite (an infinite input without weight), or a p < 0 sum
     # that overflowed (an input below the clamped lower bound) send it down the exact path too.
+    underflow_guard = 2.0 ** (_UNDERFLOW_GUARD_EXP32 if jnp.finfo(dtype).bits <= 32 else _UNDERFLOW_GUARD_EXP64)
     unreliable = nonempty & (
-        (regular & ~use_log1p & (Q < tiny)) | ~finite | ~jnp.isfinite(ref_bound) | ((p < 0) & (Q == jnp.inf))
+        (regular & ~use_log1p & (averaged < underflow_guard))
+        | ~finite
+        | ~jnp.isfinite(ref.bound)
+        | ((p < 0) & (averaged == jnp.inf))
     )
 
-    ok = nonempty & (L > -jnp.inf)
-    S = jnp.where(ok & (S > 0), S, 1)
-    group = lambda a: jnp.broadcast_to(a, L.shape)  # noqa: E731  (same shapes in both cond branches)
-    return _Stats(
-        L, M, ok, W, S, U, group(zref), group(use_log1p), unreliable, zref_coarse, jnp.asarray(exact_reference), e_shared
+    ok = nonempty & (log_mean > -jnp.inf)
+    term_mean = jnp.where(ok & (term_mean > 0), term_mean, 1)
+    group = lambda a: jnp.broadcast_to(a, log_mean.shape)  # noqa: E731  (same shapes in both cond branches)
+    return _GroupStats(
+        log_mean=log_mean,
+        mean=mean,
+        ok=ok,
+        total_weight=total_weight,
+        term_mean=term_mean,
+        term_mean_minus_1=term_mean_minus_1,
+        log_ref=group(ref.log),
+        use_log1p=group(use_log1p),
+        unreliable=unreliable,
+        log_ref_coarse=ref.log_coarse,
+        exact=jnp.asarray(exact_reference),
+        terms=e_shared,
     )
 
 
-def _stats(layout, log_input, v, z, w, p, ids) -> _Stats:
+def _stats(layout, log_input, v, z, w, p, ids) -> _GroupStats:
     """Dense arrays: the coarse reference is exact. Segments: the per-channel reference, unless
     some segment's sum underflowed or p is infinite; then the per-segment reference
     (``lax.cond`` runs only one branch, so the common case costs no segment max)."""
@@ -295,14 +370,12 @@ def _kl_over_p2_terms(d, t, et, p_safe, regular):
     exact as p -> 0 (it tends to d^2 / 2, giving Var(z) / 2 for the geometric mean). Elsewhere
     e^t comes in as ``et`` = e / S, which the value already computed: no second exp.
     """
-    small = jnp.abs(t) < _TAYLOR_RADIUS
+    small = jnp.abs(t) < _KL_TAYLOR_RADIUS
     ts = jnp.where(small, t, 0)
     n_terms = 9 if jnp.finfo(t.dtype).bits <= 32 else len(_KL_TAYLOR)  # truncation below rounding
-    poly = jnp.zeros_like(ts)
-    for c in reversed(_KL_TAYLOR[:n_terms]):
-        poly = poly * ts + c
+    poly = _horner(_KL_TAYLOR[:n_terms], ts)
     ds = jnp.where(small, d, 0)
-    h_big = (t - 1) * et + 1  # t is clipped to [-1e4, 1e4]; e^t underflowed long before -1e4
+    h_big = (t - 1) * et + 1  # t is clipped to +-_EXPONENT_CLIP, where e^t has long underflowed
     return jnp.where(regular, jnp.where(small, ds * ds * poly, h_big / (p_safe * p_safe)), 0)
 
 
@@ -318,7 +391,7 @@ def _is_zero(t):
 def _mean(layout, log_input, by_alpha, v, w, exponent, ids):
     """log M (``log_input``) or M of ``v``; ``exponent`` is alpha (``by_alpha``) or p."""
     st = _stats(layout, log_input, v, None, w, _p_of(by_alpha, exponent), ids)
-    return st.L if log_input else st.M
+    return st.log_mean if log_input else st.mean
 
 
 @functools.partial(_mean.defjvp, symbolic_zeros=True)
@@ -334,15 +407,15 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     wanted = (not _is_zero(dv), not _is_zero(dw), not _is_zero(dexponent))
     coefficients = functools.partial(_jvp_coefficients, layout, log_input, v, z, w, p, ids, st, wanted)
     if isinstance(layout, _Dense):
-        c_v, g_w, kl_over_p2 = coefficients(st.zref)
+        c_v, g_w, kl_over_p2 = coefficients(st.log_ref)
     else:
         # One branch runs. With the per-channel reference (the common case) the element terms
         # need no E x F gather of it, and XLA fuses each branch on its own.
         c_v, g_w, kl_over_p2 = jax.lax.cond(
-            st.exact, lambda: coefficients(layout.expand(st.zref, ids)), lambda: coefficients(st.zref_coarse)
+            st.exact, lambda: coefficients(layout.expand(st.log_ref, ids)), lambda: coefficients(st.log_ref_coarse)
         )
 
-    d_log = jnp.zeros_like(st.L)  # tangent of L from w and the exponent
+    d_log = jnp.zeros_like(st.log_mean)  # tangent of L from w and the exponent
     if wanted[1]:
         d_log = d_log + layout.sum(g_w * dw, ids)
     if wanted[2]:
@@ -350,14 +423,14 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
             # d L / d alpha = (pi / 2) (1 + p^2) KL / p^2. At p = +-inf, s is wbar restricted to the
             # arg-max (min): KL = -log S and KL / p^2 = 0.
             finite, regular = jnp.isfinite(p), jnp.isfinite(p) & (p != 0)
-            dlog_dalpha = jnp.where(finite, (1 + jnp.where(regular, p * p, 0)) * kl_over_p2, -jnp.log(st.S))
+            dlog_dalpha = jnp.where(finite, (1 + jnp.where(regular, p * p, 0)) * kl_over_p2, -jnp.log(st.term_mean))
             d_log = d_log + (0.5 * jnp.pi) * jnp.where(st.ok, dlog_dalpha, 0) * dexponent
         else:
             d_log = d_log + kl_over_p2 * dexponent
-    d_out = d_log if log_input else st.M * d_log
+    d_out = d_log if log_input else st.mean * d_log
     if wanted[0]:
         d_out = d_out + layout.sum(c_v * dv, ids)
-    return (st.L if log_input else st.M), d_out.astype(v.dtype)
+    return (st.log_mean if log_input else st.mean), d_out.astype(v.dtype)
 
 
 def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
@@ -377,7 +450,7 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     regular = finite & (p != 0)
     p_safe = jnp.where(regular, p, 1)
     at_extreme = (z == zref_e).astype(dtype)  # for infinite p (only where ok: no zeros)
-    e, em1 = _element_terms(z, p, zref_e, at_extreme, st.e)
+    e, em1 = _element_terms(z, p, zref_e, at_extreme, st.terms)
     # Softmax weights s_i = wbar_i exp(p (z_i - L)) = w_i e_i / (W S): d L / d z_i = s_i.
     # For x the chain rule adds M / x_i. The per-group factors, zero where the mean is not ok,
     # are folded into one gathered array (element-level masks gathered from the groups cost as
@@ -387,35 +460,35 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     e_capped = jnp.minimum(e, 1)
     c_v = g_w = kl_over_p2 = None
     if want_v:
-        ws_scale = jnp.where(st.ok, 1 / (st.W * st.S), 0)
+        ws_scale = jnp.where(st.ok, 1 / (st.total_weight * st.term_mean), 0)
         if log_input:
             c_v = w * e_capped * expand(ws_scale)
         else:
             # d M / d x_i = M s_i / x_i. At x_i = 0 it is w_i / W for p = 1 and 0 for p > 1;
             # for p < 1 it is unbounded or depends on other zeros, and we return 0 (documented).
             x_safe = jnp.where(v > 0, v, 1)
-            c_v = jnp.where(v > 0, w * e_capped * expand(ws_scale * st.M) / x_safe, 0)
-            at_zero = jnp.where((p == 1) & (st.ok | (st.W > 0)), 1 / st.W, 0)
+            c_v = jnp.where(v > 0, w * e_capped * expand(ws_scale * st.mean) / x_safe, 0)
+            at_zero = jnp.where((p == 1) & (st.ok | (st.total_weight > 0)), 1 / st.total_weight, 0)
             c_v = jnp.where(v == 0, w * expand(at_zero), c_v)
     if want_w:
         # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
         # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
         # At p = 0 the limit is (z_i - L) / W.
         em1 = jnp.where(expand(st.use_log1p), em1, e - 1)
-        g_reg = (em1 - expand(st.U)) / expand(st.S) / p_safe
-        g_geo = z - expand(st.L)
+        g_reg = (em1 - expand(st.term_mean_minus_1)) / expand(st.term_mean) / p_safe
+        g_geo = z - expand(st.log_mean)
         g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
-        g_w = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.W, 0))
+        g_w = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.total_weight, 0))
     if want_p:
         # d L / d p = KL(s || wbar) / p^2, one sum. Terms of groups that are not ok are dropped by
         # the group-level where; the clips keep them finite (d = -inf for a zero input), as the
         # double-where idiom needs.
-        L_safe = jnp.where(st.ok, st.L, 0)
-        d = jnp.clip(z - expand(L_safe), -1e15, 1e15)
-        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -1e4, 1e4)
-        et = e_capped / expand(st.S)  # e^t, for regular p
+        L_safe = jnp.where(st.ok, st.log_mean, 0)
+        d = jnp.clip(z - expand(L_safe), -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
+        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -_EXPONENT_CLIP, _EXPONENT_CLIP)
+        et = e_capped / expand(st.term_mean)  # e^t, for regular p
         kl_p2 = _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0))
-        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.W, 0)
+        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.total_weight, 0)
     return c_v, g_w, kl_over_p2
 
 
