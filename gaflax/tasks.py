@@ -76,6 +76,13 @@ def make_steps(model, tx, loss=losses.cross_entropy):
     return train_step, eval_step
 
 
+def init_params(model, key_init, key_dropout, inputs):
+    """The model's initial parameters, computed by one compiled program: initialising eagerly
+    dispatched each of the model's small ops on its own, a few seconds per run."""
+    return jax.jit(lambda k_init, k_dropout, x: model.init({"params": k_init, "dropout": k_dropout}, x,
+                                                           deterministic=True)["params"])(key_init, key_dropout, inputs)
+
+
 def outputs(logits, ds) -> np.ndarray:
     """Class probabilities [n, C] for classification; the predicted values [n] for regression."""
     return np.asarray(logits[..., 0] if ds.task == "regression" else jax.nn.softmax(logits, -1))
@@ -114,8 +121,7 @@ class _FullBatch(Task):
         self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
         self.inputs, self.labels, self.train_inputs, self.train_labels, self.train_mask = self._inputs(config)
         self.model = build_model(config, ds)
-        self.params = self.model.init({"params": key_init, "dropout": self.key_dropout}, self.inputs,
-                                      deterministic=True)["params"]
+        self.params = init_params(self.model, key_init, self.key_dropout, self.inputs)
         self.tx = make_optimizer(config, self.params)
         self.opt_state = self.tx.init(self.params)
         self.steps = make_steps(self.model, self.tx, losses.make_loss(config.loss))
@@ -207,8 +213,7 @@ class GraphTask(Task):
         self.add_loops = getattr(config.model, "add_self_loops", False)
         first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
                                                          self.batch_size, self.budgets)))
-        self.params = self.model.init({"params": key_init, "dropout": self.key_dropout}, first[0],
-                                      deterministic=True)["params"]
+        self.params = init_params(self.model, key_init, self.key_dropout, first[0])
         tx = make_optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
         train_step, eval_step = make_steps(self.model, tx, losses.make_loss(config.loss))
