@@ -1,7 +1,10 @@
-"""Test configuration: CPU only, strict rank promotion, explicit PRNG keys, opt-in float64."""
+"""Test configuration: CPU only, strict rank promotion, explicit PRNG keys, opt-in float64, and one
+compilation cache per test session."""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -10,6 +13,25 @@ import pytest  # noqa: E402
 
 # Catches [G] vs [G, 1] broadcasting bugs; library code must broadcast explicitly.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests build the same program (the same model on the same toy data) through fresh jitted
+# functions, which jit's in-memory cache cannot share. JAX's persistent cache is keyed by the
+# program itself, so each distinct program compiles once per session. The directory is new for
+# every session and removed at its end, so a session never reuses a compilation from another
+# checkout; pytest-xdist's workers inherit it from the controller's environment.
+# GAFLAX_TEST_COMPILATION_CACHE=0 turns it off.
+_OWN_CACHE = None
+if os.environ.get("GAFLAX_TEST_COMPILATION_CACHE", "1") != "0":
+    if "GAFLAX_TEST_CACHE_DIR" not in os.environ:
+        _OWN_CACHE = os.environ["GAFLAX_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="gaflax-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", os.environ["GAFLAX_TEST_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 #: ../shared/data beside the project root (present in CI); tests that need it skip without it.
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -10,7 +10,7 @@ from gaflax.train import train_and_evaluate, train_grid
 
 RAW = {"dataset": {"name": "synthetic", "options": {"num_nodes": 300, "task": "classification"}},
        "model": {"hidden": 4, "heads": 2}, "pool": {"name": "ga", "learn": True},
-       "trainer": {"max_epochs": 30, "patience": 5, "progress": False, "vmap": "seeds", "num_members": 3}}
+       "trainer": {"max_epochs": 20, "patience": 5, "progress": False, "vmap": "seeds", "num_members": 2}}
 COMPARED = ("best_epoch", "epochs", "test/accuracy", "val/accuracy", "train/accuracy", "test/macro_f1")
 
 
@@ -18,7 +18,7 @@ COMPARED = ("best_epoch", "epochs", "test/accuracy", "val/accuracy", "train/accu
 def test_members_equal_sequential_runs(tmp_path):
     config = Config.from_dict(RAW)
     grid = train_grid(config, tmp_path / "grid")
-    assert len(grid) == 3
+    assert len(grid) == 2
     for seed, member in enumerate(grid):
         sequential_config = dataclasses.replace(
             config, seed=seed, trainer=dataclasses.replace(config.trainer, vmap="none", num_members=1))
@@ -30,6 +30,7 @@ def test_members_equal_sequential_runs(tmp_path):
         assert (tmp_path / "grid" / f"seed_{seed}" / "metrics.jsonl").read_text().count("\n") == member["epochs"]
 
 
+@pytest.mark.slow
 def test_members_are_journal_runs_and_resume(tmp_path, capsys):
     jr = gj.Journal(tmp_path / "j.sqlite")
     small = {**RAW, "trainer": {**RAW["trainer"], "max_epochs": 3, "num_members": 2}}
@@ -67,12 +68,12 @@ def test_grid_needs_a_node_task(tmp_path):
 def test_alpha_grid_members_equal_sequential_runs(tmp_path, capsys):
     """Fixed exponents (the min and max limits included) and seeds in one program."""
     raw = {**RAW, "pool": {"name": "ga", "learn": False},
-           "trainer": {**RAW["trainer"], "max_epochs": 12, "vmap": "alphas", "alphas": [-1.0, 0.0, 1.0],
+           "trainer": {**RAW["trainer"], "max_epochs": 8, "vmap": "alphas", "alphas": [-1.0, 1.0],
                        "num_members": 2}}
     jr = gj.Journal(tmp_path / "j.sqlite")
     grid = train_grid(Config.from_dict(raw), tmp_path / "grid", journal=jr)
-    assert len(grid) == 6 and (tmp_path / "grid" / "alpha_-1_seed_1" / "results.json").exists()
-    for (alpha, seed), member in zip([(a, s) for a in (-1.0, 0.0, 1.0) for s in (0, 1)], grid):
+    assert len(grid) == 4 and (tmp_path / "grid" / "alpha_-1_seed_1" / "results.json").exists()
+    for (alpha, seed), member in zip([(a, s) for a in (-1.0, 1.0) for s in (0, 1)], grid):
         assert member["alphas"]["gat_0"] == pytest.approx(alpha)
         single = {**raw, "seed": seed, "pool": {**raw["pool"], "alpha": alpha},
                   "trainer": {**raw["trainer"], "vmap": "none", "num_members": 1, "alphas": []}}

@@ -148,6 +148,7 @@ def test_graph_settings_that_do_not_fit_fail_clearly(tmp_path):
             _config(node, **bad)
 
 
+@pytest.mark.slow
 def test_balanced_node_sampling_trains_and_grid_members_match(tmp_path):
     raw = {"dataset": {"name": "synthetic", "options": {"num_nodes": 200, "task": "classification"}},
            "model": {"hidden": 4, "heads": 2},
@@ -160,6 +161,7 @@ def test_balanced_node_sampling_trains_and_grid_members_match(tmp_path):
     assert len(rows) == sequential["epochs"] and all(np.isfinite(r["train/loss"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     pytest.importorskip("optuna")
     pytest.importorskip("matplotlib")

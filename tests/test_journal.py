@@ -1,10 +1,13 @@
 """The lab journal: schema, duplicate detection, skip / warn / rerun, crash recovery, the CLI."""
 
+import contextlib
+import io
 import json
 import sqlite3
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -211,15 +214,27 @@ def test_a_claim_left_without_results_is_failed(jr):
     assert run["status"] == "failed" and run["error"] == "ended without results"
 
 
-def _cli(*args, db):
-    return subprocess.run([sys.executable, "-m", "gaflax.journal", "--db", str(db), *args],
-                          capture_output=True, text=True, timeout=120)
+def _cli(*args, db, subprocess_run=False):
+    """The journal CLI's exit code, stdout and stderr: in-process (``main``), or through
+    ``python -m gaflax.journal`` in a fresh process (``subprocess_run``)."""
+    argv = ["--db", str(db), *args]
+    if subprocess_run:
+        return subprocess.run([sys.executable, "-m", "gaflax.journal", *argv], capture_output=True, text=True,
+                              timeout=120)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            gj.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_cli(jr, tmp_path):
     a = _done(jr, _config(), {"test/accuracy": 0.80, "val/accuracy": 0.79})
     b = _done(jr, _config(**{"pool.name": "ga", "pool.alpha": 0.25}), {"test/accuracy": 0.82, "val/accuracy": 0.8})
-    listing = _cli("list", db=jr.path)
+    listing = _cli("list", db=jr.path, subprocess_run=True)  # the module entry point, once
     assert listing.returncode == 0 and "weighted_sum" in listing.stdout and "ga" in listing.stdout
     filtered = json.loads(_cli("list", "--json", "--filter", "pool.name=ga", db=jr.path).stdout)
     assert [r["id"] for r in filtered] == [b]

@@ -160,7 +160,7 @@ def test_the_tasks_real_steps_do_not_recompile(monkeypatch):
 
     monkeypatch.setattr(tasks, "make_steps", counting_steps)
     graph_cfg = Config.from_dict({
-        "dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 60, "task": "classification",
+        "dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 24, "task": "classification",
                                                      "num_classes": 2, "seed": 0}},
         "model": {"hidden": 4, "heads": 2, "mlp": [8]}, "trainer": {"batch_size": 8}})
     graph_task = tasks.GraphTask(graph_cfg, tasks.load_dataset(graph_cfg))
@@ -248,6 +248,7 @@ def test_hash_dropout_rate_scaling_and_determinism(key):
     assert jnp.array_equal(layer.apply({}, x, deterministic=True), x)
 
 
+@pytest.mark.slow
 def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
     raw = {"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 80, "task": "classification",
                                                         "num_classes": 2, "seed": 0}},

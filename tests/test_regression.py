@@ -35,6 +35,7 @@ def test_a_learned_ga_recovers_the_true_exponent(tmp_path):
     assert "val/accuracy" not in rows[0] and np.isfinite(rows[-1]["val/loss"])
 
 
+@pytest.mark.slow
 def test_regression_grid_members_equal_sequential_runs(tmp_path):
     short = {"max_epochs": 30, "patience": 30}
     grid = train_grid(_config(trainer={**short, "vmap": "seeds", "num_members": 2}), tmp_path / "grid")
