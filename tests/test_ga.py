@@ -238,7 +238,10 @@ def test_check_grads_dense(x64, p):
     x = rng.uniform(0.2, 3, (3, 5))
     w = rng.uniform(0.2, 2, (3, 5))
     check_grads(_ga_p, (x, w, p), order=2, modes=["fwd", "rev"])
-    check_grads(_log_ga_p, (np.log(x), w, p), order=2, modes=["fwd", "rev"])
+    # log_ga shares the JVP rule: second order forward-over-forward, first order in reverse (the
+    # reverse-over-forward compile is the slowest of the suite).
+    check_grads(_log_ga_p, (np.log(x), w, p), order=2, modes=["fwd"])
+    check_grads(_log_ga_p, (np.log(x), w, p), order=1, modes=["rev"])
 
 
 @pytest.mark.parametrize("alpha", [-0.9, -0.3, 0.05, 0.4, 0.8])
@@ -246,7 +249,8 @@ def test_check_grads_alpha(x64, alpha):
     rng = np.random.default_rng(11)
     x = rng.uniform(0.2, 3, 6)
     w = rng.uniform(0.2, 2, 6)
-    check_grads(_ga_alpha, (x, w, alpha), order=2, modes=["fwd", "rev"])
+    check_grads(_ga_alpha, (x, w, alpha), order=2, modes=["fwd"])
+    check_grads(_ga_alpha, (x, w, alpha), order=1, modes=["rev"])
 
 
 def test_check_grads_segments_with_empty_segment(x64):

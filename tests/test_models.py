@@ -140,7 +140,7 @@ def test_the_tasks_real_steps_do_not_recompile(monkeypatch):
     class-balanced mask each time) runs that executable. Graph task: padded batches come in at most
     three shapes (the budgets), so its jitted train step is traced at most three times, all in
     epoch 0 (the traces are counted on the task's own step function)."""
-    cfg = synthetic_config(pool={"name": "ga", "learn": True}, trainer={"resample": "balanced"})
+    cfg = synthetic_config(trainer={"resample": "balanced"})
     ds = tasks.load_dataset(cfg)
     task = tasks.NodeTask(cfg, ds)
     assert isinstance(task.train_step, jax.stages.Compiled) and isinstance(task.eval_step, jax.stages.Compiled)
