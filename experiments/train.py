@@ -13,16 +13,34 @@ import pathlib
 import sys
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.loggers import make_writers
 from gaflax.config import Config
 from gaflax.journal import Journal
+from gaflax.pooling import AGGREGATORS
 from gaflax.tasks import grid_members
 from gaflax.train import train_and_evaluate, train_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
+
+
+def register_operator_options(conf: pathlib.Path = CONF):
+    """``pool=<name>`` and ``readout=<name>`` for every operator in ``gaflax.pooling.AGGREGATORS``.
+    Yaml files in ``conf/pool`` and ``conf/readout`` describe some of them (with presets such as
+    ``ga_harmonic``); every other operator gets an option holding only its name, so that a new
+    registry entry needs no config file."""
+    store = ConfigStore.instance()
+    for group in ("pool", "readout"):
+        for name in AGGREGATORS:
+            if not (conf / group / f"{name}.yaml").exists():
+                store.store(group=group, name=name, node={"name": name})
+
+
+register_operator_options()
 
 
 def to_config(cfg: DictConfig) -> Config:

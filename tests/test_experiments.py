@@ -20,6 +20,7 @@ from hydra.errors import MissingConfigException
 
 from experiments.loggers import WandbWriter
 from experiments.train import _accept_plus_pool, to_config, train_one
+from gaflax import pooling
 from gaflax.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -114,6 +115,16 @@ def test_every_dataset_and_group_option_composes():
             for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
                 cfg = compose(config_name="config", overrides=[f"{group}={option}"])
                 to_config(cfg)
+
+
+def test_every_registered_operator_is_a_pool_and_readout_option():
+    """A registry entry is enough: ``pool=<name>`` and ``readout=<name>`` compose for every
+    operator, with or without a yaml file of its own."""
+    with hydra_conf():
+        for name in pooling.AGGREGATORS:
+            for group in ("pool", "readout"):
+                config = to_config(compose(config_name="config", overrides=[f"{group}={name}"]))
+                assert getattr(config, group).name == name
 
 
 def test_journal_skips_a_repeated_run(tmp_path, capsys):
