@@ -134,7 +134,9 @@ class _Segments(NamedTuple):
         Two plain reductions cost about one segment_sum; masked ones were 10x slower on
         XLA:CPU. Bounds that are too loose make a sum underflow, which ``_stats`` detects.
         """
-        return jnp.max(v, axis=0, keepdims=True), jnp.min(jnp.maximum(v, clamp), axis=0, keepdims=True)
+        # initial: zero rows (a graph without edges) give (-inf, inf), and every segment is empty.
+        return (jnp.max(v, axis=0, keepdims=True, initial=-jnp.inf),
+                jnp.min(jnp.maximum(v, clamp), axis=0, keepdims=True, initial=jnp.inf))
 
     def expand(self, g, ids):
         if g.shape[0] == 1 and self.num_segments != 1:  # per channel only: broadcasts as is

@@ -496,3 +496,18 @@ def test_bad_arguments_raise_clear_errors():
         segment_ga(x, jnp.array([0, 1, 1]), 2.5, 1.0)
     with pytest.raises(ValueError, match=r"weights must have shape \[E\]"):
         segment_ga(x, jnp.array([0, 1, 1]), 2, 1.0, weights=jnp.ones(4))
+
+
+@pytest.mark.parametrize("fn", [segment_ga, segment_log_ga])
+def test_segments_of_zero_edges_are_empty(fn):
+    """A graph without edges: every segment is empty, so 0 with zero gradient (it raised "zero-size
+    array to reduction operation max" before), eagerly and under jit, at the limits too."""
+    data, ids = jnp.zeros((0, 4)), jnp.zeros((0,), jnp.int32)
+    value = jax.jit(lambda d, a: fn(d, ids, 3, alpha=a))
+    grad = jax.jit(jax.grad(lambda d, a: fn(d, ids, 3, alpha=a).sum(), (0, 1)))
+    for alpha in [-1.0, -0.5, 0.0, 0.3, 1.0]:
+        for out in (fn(data, ids, 3, alpha=alpha), value(data, alpha)):
+            assert out.shape == (3, 4)
+            np.testing.assert_array_equal(out, 0.0)
+        g_data, g_alpha = grad(data, alpha)
+        assert g_data.shape == (0, 4) and g_alpha == 0.0

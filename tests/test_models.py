@@ -264,6 +264,21 @@ def test_graph_classification_training_runs_and_is_reproducible(tmp_path):
     assert again["test/accuracy"] == results["test/accuracy"]
 
 
+@pytest.mark.parametrize("aggregator", ["ga", "log_ga"])
+def test_one_node_without_edges(key, aggregator):
+    """A one-node graph without self-loops has zero edges: the layer's aggregate is empty (0), and
+    its output and gradients are finite (GA raised on the zero-size reduction before)."""
+    graph = jraph.GraphsTuple(nodes=jax.random.normal(key, (1, 5)), edges=None, senders=jnp.zeros((0,), jnp.int32),
+                              receivers=jnp.zeros((0,), jnp.int32), n_node=jnp.array([1]), n_edge=jnp.array([0]),
+                              globals=None)
+    layer = GATLayer(4, heads=2, options=opts(aggregator, alpha=0.3, learn=True))
+    params = layer.init(key, graph, deterministic=True)
+    out = layer.apply(params, graph, deterministic=True)
+    assert out.shape == (1, 8) and bool(jnp.all(jnp.isfinite(out)))
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, graph, deterministic=True) ** 2))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
 def test_without_attention_neighbours_weigh_one_over_degree(key):
     """attention=False: no attention parameters, and weighted_sum is the plain neighbour mean."""
     graph = small_graph(key)
