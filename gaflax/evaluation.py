@@ -63,6 +63,14 @@ def epoch_row(train_loss, splits, alphas, seconds, monitor: str = "accuracy") ->
     return row
 
 
+def non_finite(row: dict) -> list[str]:
+    """The keys of an epoch row whose losses or alphas are not finite (NaN or +-inf)."""
+    bad = [key for key in ("train/loss", "val/loss") if not np.isfinite(row[key])]
+    bad += [f"alphas/{name}" for name, value in (row.get("alphas") or {}).items()
+            if not np.all(np.isfinite(np.asarray(value, dtype=float)))]
+    return bad
+
+
 def decisions(config: Config, num_classes: int, splits) -> tuple[dict, float | None]:
     """Predicted labels per split, and the threshold when ``decision.threshold`` is tuned: the one
     that maximises the decision's GA score on the validation set, applied to every split."""

@@ -24,6 +24,10 @@ from gaflax.journal import Claim
 from gaflax.tasks import TASKS, check_fits, grid_members, load_dataset
 
 
+class NonFiniteTraining(FloatingPointError):
+    """A run's loss or learned exponents became NaN or infinite: it stops and is recorded failed."""
+
+
 def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_duplicate: str = "skip") -> dict:
     """Train, early-stop on validation, test once; returns (and writes) the results dict.
 
@@ -104,6 +108,12 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
                                            config.trainer.monitor)
                 for writer in member_writers[m]:
                     writer.log(epoch, row)
+                bad = evaluation.non_finite(row)
+                if bad:  # the run fails (the journal records it failed); it never ends as done
+                    raise NonFiniteTraining(
+                        f"{config.dataset.name}, seed {configs[m].seed}: {', '.join(bad)} not finite at epoch {epoch} "
+                        f"(optimizer.lr={configs[m].optimizer.lr}, pool.lr_mult={configs[m].pool.lr_mult}); "
+                        f"metrics so far in {pathlib.Path(out_dirs[m]) / 'metrics.jsonl'}")
                 take[m] = tracker.update(epoch, row, alphas)
             best_params = task.select(task.params, best_params, take)
             heartbeat()

@@ -163,6 +163,22 @@ def test_a_failing_run_is_recorded_as_failed(tmp_path, monkeypatch):
     assert run["status"] == "failed" and "simulated" in run["error"]
 
 
+@pytest.mark.parametrize("section, values", [("optimizer", {"lr": 1e30}), ("optimizer", {"lr": float("inf")}),
+                                             ("pool", {"name": "ga", "learn": True, "lr_mult": float("inf")})])
+def test_a_run_whose_numbers_go_non_finite_fails_and_is_never_done(tmp_path, section, values):
+    """Loss or learned alphas that become NaN or inf stop the run with an error naming the values,
+    the epoch and the settings; the journal records it failed, and no results are written. Before,
+    these runs ended ``done`` at chance accuracy."""
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    raw = {"dataset": {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification"}},
+           "model": {"hidden": 4, "heads": 2}, "trainer": {"max_epochs": 5, "progress": False}, section: values}
+    with pytest.raises(FloatingPointError, match=r"not finite at epoch \d+ \(optimizer.lr="):
+        train_and_evaluate(Config.from_dict(raw), tmp_path / "a", journal=jr)
+    (run,) = jr.runs()
+    assert run["status"] == "failed" and "not finite" in run["error"]
+    assert not (tmp_path / "a" / "results.json").exists() and (tmp_path / "a" / "metrics.jsonl").exists()
+
+
 def _age_heartbeats(jr, seconds):
     with sqlite3.connect(jr.path) as db:
         db.execute("UPDATE runs SET heartbeat_at = heartbeat_at - ?", (seconds,))
