@@ -444,10 +444,72 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
     return (st.log_mean if log_input else st.mean), d_out.astype(v.dtype)
 
 
+@jax.custom_jvp
+def _undefined_gradient(x, undefined):
+    """``x``, with NaN derivatives where ``undefined`` (a NaN or infinite mean)."""
+    return x
+
+
+@_undefined_gradient.defjvp
+def _undefined_gradient_jvp(primals, tangents):
+    x, undefined = primals
+    return x, tangents[0] * jnp.where(undefined, jnp.nan, 1).astype(x.dtype)
+
+
+def _checked_mean(layout, log_input, by_alpha, v, w, exponent, ids):
+    """:func:`_mean` with the semantics of non-finite and invalid input (README, "Non-finite
+    input"). Per group: NaN anywhere in the data, the weights or the exponent, a negative input,
+    or a negative or infinite weight gives NaN; an input of +inf (z = +inf for log inputs) with
+    weight gives +inf for p >= 0, and for p < 0 contributes x^p = 0 (the core handles that
+    case itself) unless every weighted input is +inf, which gives +inf. Derivatives are NaN where
+    the mean is NaN or infinite. Offending elements are replaced by a neutral value before the
+    core runs, so that they cannot reach other groups (segments share per-channel bounds).
+    """
+    bad_v = jnp.isnan(v) if log_input else (jnp.isnan(v) | (v < 0))
+    bad_w = jnp.isnan(w) | (w < 0) | (w == jnp.inf)
+    group_shape = jax.eval_shape(lambda: layout.sum(v, ids)).shape
+
+    def sanitize():
+        p = _p_of(by_alpha, exponent)
+        infinite = v == jnp.inf
+        weighted = (w > 0) & ~bad_w
+        # NaN where a group has an invalid element, else its number of weighted infinite inputs;
+        # and its number of weighted finite inputs.
+        flags = jnp.where(bad_v | bad_w, jnp.nan, jnp.where(infinite & weighted, 1, 0)).astype(v.dtype)
+        flags = layout.sum(flags, ids)
+        finite_weighted = layout.sum(jnp.where(weighted & ~infinite, 1, 0).astype(v.dtype), ids)
+        invalid = jnp.isnan(flags) | jnp.isnan(p)
+        infinite_mean = ~invalid & (flags > 0) & ((p >= 0) | (finite_weighted == 0))
+        replaced = bad_v | (infinite & (p >= 0)) | jnp.isnan(p)
+        nan_exponent = jnp.isnan(exponent)
+        return (
+            jnp.where(replaced, 0 if log_input else 1, _undefined_gradient(v, replaced)),
+            jnp.where(bad_w, 0, _undefined_gradient(w, bad_w)),
+            jnp.where(nan_exponent, 0, _undefined_gradient(exponent, nan_exponent)),
+            jnp.broadcast_to(invalid, group_shape),
+            jnp.broadcast_to(infinite_mean, group_shape),
+        )
+
+    def as_given():
+        no = jnp.zeros(group_shape, bool)
+        return v, w, exponent, no, no
+
+    # Valid finite input (the common case) costs one plain reduction: lax.cond runs one branch.
+    anything_special = jnp.any(bad_v | (v == jnp.inf)) | jnp.any(bad_w) | jnp.any(jnp.isnan(exponent))
+    v, w, exponent, invalid, infinite_mean = jax.lax.cond(anything_special, sanitize, as_given)
+    out = _mean(layout, log_input, by_alpha, v, w, exponent, ids)
+    # With +inf inputs replaced by 1 (p >= 0), out is 0 only for a geometric mean (p = 0) of a
+    # zero and an infinity, which is undefined; with p < 0 it is 0 when every weighted input is +inf.
+    zero = out == (-jnp.inf if log_input else 0)
+    special = jnp.where(invalid | (zero & (_p_of(by_alpha, exponent) == 0)), jnp.nan, jnp.inf)
+    undefined = invalid | infinite_mean
+    return jnp.where(undefined, special, _undefined_gradient(out, undefined))
+
+
 # The public functions call the mean through jit: eagerly, its few hundred small ops (and both
 # branches of each lax.cond) would each be dispatched and compiled on their own, about 3x slower
 # than one compiled program per shape; inside a caller's jit it is inlined.
-_compiled_mean = jax.jit(_mean, static_argnums=(0, 1, 2))
+_compiled_mean = jax.jit(_checked_mean, static_argnums=(0, 1, 2))
 
 
 def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
@@ -636,6 +698,8 @@ def ga(x, p=None, *, alpha=None, axis=-1, weights=None, where=None, keepdims=Fal
     Gradients with respect to ``x``, ``weights``, ``p`` and ``alpha`` are exact and finite
     everywhere (see ``docs/ga_math.md``), including alpha = +-1 and p = 0. Negative inputs raise
     a ``ValueError`` when ``x`` is concrete; under ``jit`` they cannot be seen and give NaN.
+    NaN in ``x``, the weights or the exponent gives NaN; ``+inf`` in ``x`` gives ``+inf`` for
+    p >= 0 and counts as ``x^p = 0`` for p < 0 (README, "Non-finite input").
     """
     return _dense("ga", False, x, p, alpha, axis, weights, where, keepdims)
 

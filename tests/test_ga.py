@@ -465,6 +465,141 @@ def test_negative_under_jit_gives_nan():
 
 
 # ---------------------------------------------------------------------------------------------
+# Non-finite and invalid input (README, "Non-finite input")
+# ---------------------------------------------------------------------------------------------
+def _value_and_grads(fn, x, w, exponent):
+    """Jitted value and gradients w.r.t. x, w and the exponent of sum(fn(...))."""
+    f = jax.jit(fn)
+    g = jax.jit(jax.grad(lambda x, w, e: jnp.sum(fn(x, w, e)), (0, 1, 2)))
+    return np.asarray(f(x, w, exponent)), [np.asarray(a) for a in g(x, w, exponent)]
+
+
+NAN = float("nan")
+INF = float("inf")
+INVALID_CASES = {  # (x, w, alpha): each gives NaN for every alpha
+    "nan_data": ([1.0, NAN, 3.0], [1.0, 1.0, 1.0], None),
+    "nan_data_without_weight": ([1.0, NAN, 3.0], [1.0, 0.0, 1.0], None),
+    "negative_data": ([1.0, -2.0, 3.0], [1.0, 1.0, 1.0], None),
+    "nan_weight": ([1.0, 2.0, 3.0], [1.0, NAN, 1.0], None),
+    "negative_weight": ([1.0, 2.0, 3.0], [1.0, -1.0, 1.0], None),
+    "infinite_weight": ([1.0, 2.0, 3.0], [1.0, INF, 1.0], None),
+    "nan_alpha": ([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], NAN),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_CASES))
+@pytest.mark.parametrize("form", ["ga", "log_ga", "segment_ga", "segment_log_ga"])
+def test_invalid_input_gives_nan_value_and_gradients(case, form, x64):
+    """NaN in the data, weights or exponent, a negative input (under jit) or a negative or
+    infinite weight: the mean and every gradient of its group are NaN, never a plain number.
+    Before, ga([1, nan, 3], alpha=1) gave 1.0, alpha=nan 1.0 and NaN weights 0."""
+    x, w, alpha_override = INVALID_CASES[case]
+    x, w = np.asarray(x), np.asarray(w)
+    log_input = form.endswith("log_ga")
+    if log_input:
+        if case == "negative_data":
+            pytest.skip("log_ga takes any real z")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log(x)
+    for alpha in [-1.0, -0.5, 0.0, 0.5, 1.0] if alpha_override is None else [alpha_override]:
+        if form.startswith("segment"):
+            fn = getattr(gaflax, form)
+            call = lambda x, w, a: fn(x[:, None], jnp.zeros(3, jnp.int32), 1, alpha=a, weights=w)  # noqa: B023,E731
+        else:
+            fn = getattr(gaflax, form)
+            call = lambda x, w, a: fn(x, alpha=a, weights=w)  # noqa: B023,E731
+        value, grads = _value_and_grads(call, x, w, alpha)
+        assert np.all(np.isnan(value)), f"{form} {case} alpha={alpha}: {value}"
+        for name, g in zip(["x", "weights", "alpha"], grads):
+            assert np.all(np.isnan(g)), f"{form} {case} alpha={alpha}: d/d{name} = {g}"
+
+
+def test_invalid_input_stays_in_its_segment(x64):
+    """A NaN in one segment leaves every other segment's value and gradients as they were,
+    although segments share per-channel bounds."""
+    rng = np.random.default_rng(4)
+    data = rng.uniform(0.5, 2.0, (9, 2))
+    ids = np.repeat(np.arange(3), 3)
+    bad = data.copy()
+    bad[4, 1] = np.nan  # segment 1, channel 1
+    for alpha in [-1.0, -0.3, 0.0, 0.6, 1.0]:
+        fn = lambda d, w, a: segment_ga(d, ids, 3, alpha=a, weights=w)  # noqa: B023,E731
+        clean_value, clean_grads = _value_and_grads(fn, data, np.ones(9), jnp.full(2, alpha))
+        value, grads = _value_and_grads(fn, bad, np.ones(9), jnp.full(2, alpha))
+        assert np.isnan(value[1, 1]) and np.all(np.isnan(grads[0][3:6, 1]))
+        keep = np.ones((3, 2), bool)
+        keep[1, 1] = False
+        np.testing.assert_array_equal(value[keep], clean_value[keep])
+        rows = np.repeat(keep, 3, axis=0)
+        np.testing.assert_array_equal(grads[0][rows], clean_grads[0][rows])
+        np.testing.assert_array_equal(grads[2][0], clean_grads[2][0])  # channel 0's alpha
+        assert np.isnan(grads[2][1])  # channel 1's alpha is shared with the NaN segment
+
+
+def test_masked_nan_is_left_out():
+    """``where`` removes entries: a NaN there is not part of the input."""
+    x = jnp.array([1.0, np.nan, 4.0])
+    mask = jnp.array([True, False, True])
+    np.testing.assert_allclose(ga(x, alpha=0.0, where=mask), 2.0, rtol=1e-6)
+    g = jax.grad(lambda x: ga(x, alpha=0.0, where=mask))(x)
+    assert np.all(np.isfinite(g))
+
+
+def test_infinite_input_follows_the_mathematics(x64):
+    """+inf with weight: the mean is +inf for p >= 0 (gradients NaN: undefined); for p < 0 it
+    contributes x^p = 0, so M = (sum_finite w x^p / W)^(1/p) with W over all weights, with finite
+    gradients (0 for the infinite element); +inf if every weighted input is +inf. A geometric mean
+    of 0 and +inf is undefined: NaN. Before, ga([1, inf, 3], alpha=1) gave 1.0 and alpha=0 gave 0."""
+    x = np.array([1.0, np.inf, 3.0])
+    w = np.array([1.0, 2.0, 0.5])
+    for alpha in [0.0, 0.3, 0.5, 1.0]:
+        value, grads = _value_and_grads(lambda x, w, a: ga(x, alpha=a, weights=w), x, w, alpha)
+        assert value == np.inf, alpha
+        assert all(np.all(np.isnan(g)) for g in grads), alpha
+        log_value, _ = _value_and_grads(lambda z, w, a: log_ga(z, alpha=a, weights=w), np.log(x), w, alpha)
+        assert log_value == np.inf, alpha
+    for alpha in [-1.0, -0.9, -0.5, -0.1]:
+        finite = np.isfinite(x)
+
+        def reference(xf, wf, a):
+            if a == -1:
+                return xf.min()
+            p = np.tan(np.pi * a / 2)
+            return (np.sum(wf[finite] * xf**p) / np.sum(wf)) ** (1 / p)
+
+        value, (gx, gw, ga_) = _value_and_grads(lambda x, w, a: ga(x, alpha=a, weights=w), x, w, alpha)
+        np.testing.assert_allclose(value, reference(x[finite], w, alpha), rtol=1e-13)
+        log_value, (gz, _, _) = _value_and_grads(lambda z, w, a: log_ga(z, alpha=a, weights=w), np.log(x), w, alpha)
+        np.testing.assert_allclose(log_value, np.log(value), rtol=1e-13)
+        assert gx[1] == 0 and gz[1] == 0  # the infinite element
+        h = 1e-6
+        for i in np.flatnonzero(finite):  # central differences of the closed form
+            up, down = x[finite].copy(), x[finite].copy()
+            j = int(np.sum(finite[:i]))
+            up[j] += h
+            down[j] -= h
+            np.testing.assert_allclose(gx[i], (reference(up, w, alpha) - reference(down, w, alpha)) / (2 * h), rtol=1e-6)
+        for i in range(3):
+            up, down = w.copy(), w.copy()
+            up[i] += h
+            down[i] -= h
+            fd = (reference(x[finite], up, alpha) - reference(x[finite], down, alpha)) / (2 * h)
+            np.testing.assert_allclose(gw[i], fd, rtol=1e-6, atol=1e-12)
+        if alpha > -1:
+            fd = (reference(x[finite], w, alpha + h) - reference(x[finite], w, alpha - h)) / (2 * h)
+            np.testing.assert_allclose(ga_, fd, rtol=1e-6)
+        assert np.isfinite(ga_)
+    # Every weighted input +inf (an unweighted finite one does not count): +inf for every p.
+    for alpha in [-1.0, -0.5, 0.0, 1.0]:
+        assert ga(jnp.array([np.inf, np.inf, 1.0]), alpha=alpha, weights=jnp.array([1.0, 1.0, 0.0])) == np.inf
+    # 0 and +inf: 0 for p < 0, +inf for p > 0, undefined (NaN) for the geometric mean.
+    pair = jnp.array([0.0, np.inf])
+    assert ga(pair, alpha=-0.5) == 0 and ga(pair, alpha=0.5) == np.inf and np.isnan(ga(pair, alpha=0.0))
+    seg = segment_ga(jnp.array([[1.0], [np.inf], [2.0], [4.0]]), jnp.array([0, 0, 1, 1]), 2, alpha=-0.5)
+    np.testing.assert_allclose(seg[:, 0], [2.0, 8 / 3], rtol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
 def test_negative_inputs_raise_clear_error():
