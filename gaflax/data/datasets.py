@@ -12,12 +12,14 @@ import dataclasses
 import io
 import pathlib
 import pickle
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
 from gaflax.compat import jraph
-from gaflax.data._files import DatasetError, ensure_files, sha256
+from gaflax.data._files import DatasetError, ensure_files, sha256, verify_files
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,8 +52,10 @@ class NodeDataset:
         return int(self.graph.nodes.shape[0])
 
     def split(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boolean masks (train, val, test), each of shape [N]."""
-        return self.split_fn(seed)
+        """Boolean masks (train, val, test), each of shape [N]; an empty one is a DatasetError."""
+        masks = self.split_fn(seed)
+        _check_splits(self.name, seed, [np.flatnonzero(m) for m in masks])
+        return masks
 
     @property
     def train_mask(self):
@@ -119,7 +123,16 @@ class GraphDataset:
                 members = rng.permutation(np.flatnonzero(self.labels[rest] == c))
                 val_mask[members[: int(round(holdout * len(members)))]] = True
             out.append((rest[~val_mask], rest[val_mask], test))
+            _check_splits(self.name, seed, out[-1], f"fold {k} of {n_folds} (holdout {holdout})")
         return out
+
+
+def _check_splits(name, seed, parts, what="split"):
+    """An empty train, validation or test part would report 0.0 (or nothing) as a result."""
+    for part, members in zip(("train", "validation", "test"), parts):
+        if len(members) == 0:
+            raise DatasetError(f"dataset {name!r}: the {part} part of {what} (seed {seed}) is empty; "
+                               "check the split options (dataset.options.fractions, trainer.fold, the class counts)")
 
 
 def one_graph(nodes, senders, receivers, edges=None) -> jraph.GraphsTuple:
@@ -173,6 +186,51 @@ def _fingerprint(paths) -> dict:
     return {"files": {str(rel): sha256(path) for rel, path in sorted(paths.items())}}
 
 
+#: dataset.nonfinite_features: what to do with NaN or infinite feature values.
+NONFINITE_FEATURES = ("error", "zero")
+
+
+def _finite_features(features, source, nonfinite_features="error"):
+    """Refuse NaN / infinite features (naming ``source`` and the count), or with
+    ``nonfinite_features="zero"`` replace them by 0 with a warning."""
+    if nonfinite_features not in NONFINITE_FEATURES:
+        raise DatasetError(f"dataset.nonfinite_features={nonfinite_features!r} must be one of {NONFINITE_FEATURES}")
+    bad = ~np.isfinite(features)
+    if not bad.any():
+        return features
+    rows = np.flatnonzero(bad.any(axis=1))
+    what = f"{source}: {int(bad.sum())} feature values in {len(rows)} rows are NaN or infinite (first row {rows[0]})"
+    if nonfinite_features == "error":
+        raise DatasetError(f"{what}. Fix the file, or set dataset.nonfinite_features=zero to replace them with 0.")
+    warnings.warn(f"{what}; replaced with 0 (dataset.nonfinite_features=zero)", stacklevel=3)
+    return np.where(bad, 0, features).astype(features.dtype)
+
+
+def _nonfinite_fingerprint(nonfinite_features):
+    """Recorded only when it can change the data (older fingerprints stay valid)."""
+    return {} if nonfinite_features == "error" else {"nonfinite_features": nonfinite_features}
+
+
+def _check_labels(labels, num_classes, source):
+    """Every label in 0..num_classes-1: a label out of range would add a class or index out of bounds."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"{source}: label {labels[first]} at row {first} is outside 0..{num_classes - 1} "
+                           f"({int(bad.sum())} such rows); the dataset has {num_classes} classes")
+
+
+def _expect(ok, source, message, verify):
+    """A published count that does not hold: an error, or a warning with dataset.verify=false."""
+    if ok:
+        return
+    if verify:
+        raise DatasetError(f"{source}: {message}. The file is not the published one; replace it, or set "
+                           "dataset.verify=false to load modified files on purpose.")
+    warnings.warn(f"{source}: {message} (loading anyway: dataset.verify=false)", stacklevel=3)
+
+
 def _row_normalize(x):
     rowsum = x.sum(1, keepdims=True)
     return np.where(rowsum > 0, x / np.where(rowsum > 0, rowsum, 1), 0).astype(np.float32)
@@ -183,26 +241,46 @@ def _row_normalize(x):
 # ----------------------------------------------------------------------------------------------
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/ind.{name}.{part}"
 PLANETOID_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+#: Published sizes: nodes, features, classes, train nodes, test nodes (Yang et al. 2016).
+PLANETOID_COUNTS = {"cora": (2708, 1433, 7, 140, 1000), "citeseer": (3327, 3703, 6, 120, 1000),
+                    "pubmed": (19717, 500, 3, 60, 1000)}
 
 
-def load_planetoid(name: str, root: pathlib.Path, normalize_features: bool = False) -> NodeDataset:
+def load_planetoid(name: str, root: pathlib.Path, normalize_features: bool = False, verify: bool = True,
+                   nonfinite_features: str = "error") -> NodeDataset:
     files = {f"planetoid/{name}/ind.{name}.{part}": PLANETOID_URL.format(name=name, part=part) for part in PLANETOID_PARTS}
-    paths = ensure_files(root, files, name)
+    paths = ensure_files(root, files, name, verify)
+    path_of = {part: paths[f"planetoid/{name}/ind.{name}.{part}"] for part in PLANETOID_PARTS}
     parts = {}
     for part in PLANETOID_PARTS:
-        path = paths[f"planetoid/{name}/ind.{name}.{part}"]
+        path = path_of[part]
         if part == "test.index":
             parts[part] = _read_int_lines(path)
             continue
         try:
             with open(path, "rb") as f:
-                parts[part] = _Py2Unpickler(f, encoding="latin1").load()
+                parts[part] = _Py2Unpickler(f, path, encoding="latin1").load()
+        except DatasetError:
+            raise
         except Exception as err:  # noqa: BLE001  (any unpickling failure means a bad file)
             raise DatasetError(f"{name}: cannot read {path}: {err}") from err
 
     test_index = parts["test.index"]
+    x, tx, allx = (_dense(parts[k]) for k in ("x", "tx", "allx"))
+    y, ty, ally = (np.asarray(parts[k]) for k in ("y", "ty", "ally"))
+    # Structure: the parts must fit together, whatever their source.
+    for rows, labels, what in ((x, y, "x / y"), (allx, ally, "allx / ally"), (tx, ty, "tx / ty")):
+        _check(rows.ndim == 2 and labels.ndim == 2 and len(rows) == len(labels), path_of["y"].parent, what,
+               f"must be matrices with one row per node, got shapes {rows.shape} and {labels.shape}")
+    _check(len(test_index) == len(tx), path_of["test.index"], "test.index",
+           f"has {len(test_index)} ids but tx has {len(tx)} rows (one id per test node)")
+    _check(len(np.unique(test_index)) == len(test_index), path_of["test.index"], "test.index", "repeats an id")
+    _check(x.shape[1] == allx.shape[1] == tx.shape[1] and y.shape[1] == ally.shape[1] == ty.shape[1],
+           path_of["x"].parent, "x / allx / tx, y / ally / ty", "feature or label widths differ")
+    _check(len(test_index) == 0 or test_index.min() >= len(allx), path_of["test.index"], "test.index",
+           f"test ids must follow the {len(allx)} rows of allx")
+
     test_range = np.sort(test_index)
-    tx, ty = _dense(parts["tx"]), np.asarray(parts["ty"])
     if name == "citeseer":
         # Some test ids are isolated nodes with no features in tx: pad tx / ty to the full range
         # (Kipf & Welling's fix), so that those nodes get zero features and no label.
@@ -212,8 +290,11 @@ def load_planetoid(name: str, root: pathlib.Path, normalize_features: bool = Fal
         tx_full[test_range - test_range.min()] = tx
         ty_full[test_range - test_range.min()] = ty
         tx, ty = tx_full, ty_full
-    features = np.concatenate([_dense(parts["allx"]), tx]).astype(np.float32)
-    onehot = np.concatenate([np.asarray(parts["ally"]), ty])
+    _check(len(allx) + len(tx) > test_range.max(), path_of["test.index"], "test.index",
+           f"ids run to {test_range.max()}, beyond the {len(allx) + len(tx)} nodes of allx and tx")
+    features = np.concatenate([allx, tx]).astype(np.float32)
+    features = _finite_features(features, f"{path_of['allx'].parent} (allx, tx)", nonfinite_features)
+    onehot = np.concatenate([ally, ty])
     features[test_index] = features[test_range]
     onehot[test_index] = onehot[test_range]
     labels = onehot.argmax(1).astype(np.int32)
@@ -221,11 +302,20 @@ def load_planetoid(name: str, root: pathlib.Path, normalize_features: bool = Fal
         features = _row_normalize(features)
 
     graph_dict = parts["graph"]
+    _check(isinstance(graph_dict, dict), path_of["graph"], "graph", "must be a dict of node -> neighbours")
     senders = np.array([i for i, nbrs in graph_dict.items() for _ in nbrs], np.int64)
     receivers = np.array([j for nbrs in graph_dict.values() for j in nbrs], np.int64)
+    _check(len(senders) == 0 or (min(senders.min(), receivers.min()) >= 0
+                                 and max(senders.max(), receivers.max()) < len(features)),
+           path_of["graph"], "graph", f"node ids must lie in 0..{len(features) - 1}")
     senders, receivers = symmetric_edges(senders, receivers, len(features))
 
-    n_train = np.asarray(parts["y"]).shape[0]
+    n_train = len(y)
+    if name in PLANETOID_COUNTS:
+        counts = (len(features), features.shape[1], onehot.shape[1], n_train, len(test_index))
+        _expect(counts == PLANETOID_COUNTS[name], path_of["x"].parent,
+                f"{name} has (nodes, features, classes, train, test) = {PLANETOID_COUNTS[name]}, these files give {counts}",
+                verify)
     masks = [np.zeros(len(features), bool) for _ in range(3)]
     masks[0][:n_train] = True
     masks[1][n_train : n_train + 500] = True
@@ -236,24 +326,67 @@ def load_planetoid(name: str, root: pathlib.Path, normalize_features: bool = Fal
         graph=one_graph(features, senders, receivers),
         labels=labels,
         num_classes=onehot.shape[1],
-        fingerprint=_fingerprint({k: v for k, v in paths.items()}) | {"normalize_features": normalize_features},
+        fingerprint=_fingerprint({k: v for k, v in paths.items()}) | {"normalize_features": normalize_features}
+        | _nonfinite_fingerprint(nonfinite_features),
         split_fn=lambda seed: fixed,
         split_is_fixed=True,
     )
 
 
+# What the Planetoid pickles and the object arrays of the Shchur .npz files may name: numpy
+# arrays, scipy sparse matrices and plain containers. A pickle can name any callable, and loading
+# calls it, so anything else is refused before it is imported (data files are untrusted input).
+_PICKLE_ALLOWED = {
+    "builtins": {"list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bool"},
+    "collections": {"defaultdict", "OrderedDict"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "scipy.sparse": {"csr_matrix", "csc_matrix", "coo_matrix", "csr_array", "csc_array", "coo_array"},
+    "_codecs": {"encode"},  # how protocol-2 pickles written by Python 3 store bytes (numpy buffers)
+}
+
+
 class _Py2Unpickler(pickle.Unpickler):
     """Reads the Python-2 pickles, mapping old scipy module paths (scipy.sparse.csr, ...) to
-    ``scipy.sparse``, where the classes live now."""
+    ``scipy.sparse``, where the classes live now, and refusing every class outside
+    ``_PICKLE_ALLOWED`` with a :class:`DatasetError` that names the file and the class."""
+
+    def __init__(self, file, source, **kwargs):
+        super().__init__(file, **kwargs)
+        self.source = source
 
     def find_class(self, module, name):
         if module.startswith("scipy.sparse."):
             module = "scipy.sparse"
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        if name not in _PICKLE_ALLOWED.get(module, ()):
+            raise DatasetError(
+                f"{self.source}: refused to load: the file names {module}.{name}, which a dataset "
+                "file has no reason to contain (only numpy arrays, scipy sparse matrices and plain "
+                "containers are allowed). The file may be tampered with; replace it with the original."
+            )
         return super().find_class(module, name)
+
+
+#: Errors of a damaged archive (zip structure, deflate stream, truncation).
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _corrupt_archive(path, err):
+    return DatasetError(f"{path} is not a readable archive ({type(err).__name__}: {err}): it is truncated or "
+                        "corrupt. Delete it and download it again (or copy the original there).")
 
 
 def _read_npz(path) -> dict:
     """np.load for .npz files whose object arrays hold pickled scipy matrices (old module paths)."""
+    try:
+        return _read_npz_members(path)
+    except _ARCHIVE_ERRORS as err:
+        raise _corrupt_archive(path, err) from err
+
+
+def _read_npz_members(path) -> dict:
     out = {}
     with zipfile.ZipFile(path) as archive:
         for member in archive.namelist():
@@ -262,7 +395,7 @@ def _read_npz(path) -> dict:
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = read_header(f)
                 if dtype.hasobject:
-                    out[member.removesuffix(".npy")] = _Py2Unpickler(f, encoding="latin1").load()
+                    out[member.removesuffix(".npy")] = _Py2Unpickler(f, f"{path}:{member}", encoding="latin1").load()
                 else:
                     array = np.frombuffer(f.read(), dtype).reshape(shape, order="F" if fortran else "C")
                     out[member.removesuffix(".npy")] = array
@@ -291,26 +424,40 @@ def _read_int_lines(path) -> np.ndarray:
 SHCHUR_URL = "https://github.com/EdisonLeeeee/GraphData/raw/master/datasets/npz/{name}.npz"
 
 
-def load_shchur(name: str, root: pathlib.Path, normalize_features: bool = False) -> NodeDataset:
+#: Published class counts (Shchur et al. 2018).
+SHCHUR_CLASSES = {"amazon_photo": 8, "amazon_computers": 10, "coauthor_cs": 15, "coauthor_physics": 5}
+
+
+def load_shchur(name: str, root: pathlib.Path, normalize_features: bool = False, verify: bool = True,
+                nonfinite_features: str = "error") -> NodeDataset:
     rel = f"npz/{name}.npz"
-    path = ensure_files(root, {rel: SHCHUR_URL.format(name=name)}, name)[rel]
+    path = ensure_files(root, {rel: SHCHUR_URL.format(name=name)}, name, verify)[rel]
     try:
         data = _read_npz(path)
         adj = data["adj_matrix"].item().tocoo()
         features = _dense(data["node_attr"].item()).astype(np.float32)
-        labels = np.asarray(data["node_label"], np.int32)
-    except (KeyError, ValueError, OSError, AttributeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        labels = np.asarray(data["node_label"])
+    except (KeyError, ValueError, OSError, AttributeError, pickle.UnpicklingError) as err:
+        if isinstance(err, DatasetError):
+            raise
         raise DatasetError(f"{name}: {path} is not a Shchur et al. .npz (adj_matrix, node_attr, node_label): {err}") from err
+    _check(labels.ndim == 1 and len(labels) == len(features) and adj.shape == (len(features),) * 2, path, "node_label",
+           f"expected one label per node and an N x N adjacency: {len(labels)} labels, {len(features)} rows of "
+           f"node_attr, adjacency {adj.shape}")
+    _check(np.issubdtype(labels.dtype, np.integer), path, "node_label", f"labels must be integers, got {labels.dtype}")
+    num_classes = SHCHUR_CLASSES.get(name, int(labels.max()) + 1 if len(labels) else 0)
+    _check_labels(labels, num_classes, f"{path}: node_label")
+    labels = labels.astype(np.int32)
+    features = _finite_features(features, f"{path}: node_attr", nonfinite_features)
     if normalize_features:
         features = _row_normalize(features)
     senders, receivers = symmetric_edges(adj.row, adj.col, len(features))
-    num_classes = int(labels.max()) + 1
     return NodeDataset(
         name=name,
         graph=one_graph(features, senders, receivers),
         labels=labels,
         num_classes=num_classes,
-        fingerprint=_fingerprint({rel: path}),
+        fingerprint=_fingerprint({rel: path}) | _nonfinite_fingerprint(nonfinite_features),
         split_fn=lambda seed: per_class_split(labels, num_classes, 20, 30, seed),
     )
 
@@ -318,7 +465,8 @@ def load_shchur(name: str, root: pathlib.Path, normalize_features: bool = False)
 # ----------------------------------------------------------------------------------------------
 # Reddit anomaly graph (Kumar et al. 2019, as packaged by PyGOD).
 # ----------------------------------------------------------------------------------------------
-def load_reddit_anomaly(root: pathlib.Path, fractions=(0.6, 0.2, 0.2)) -> NodeDataset:
+def load_reddit_anomaly(root: pathlib.Path, fractions=(0.6, 0.2, 0.2), verify: bool = True,
+                        nonfinite_features: str = "error") -> NodeDataset:
     rel = "anomaly/reddit.npz"
     # PyGOD publishes a torch file (reddit.pt.zip); the .npz is that file converted without
     # changing values, so there is no URL to fetch it from automatically.
@@ -329,13 +477,25 @@ def load_reddit_anomaly(root: pathlib.Path, fractions=(0.6, 0.2, 0.2)) -> NodeDa
             "(github.com/pygod-team/data) to an .npz with x float32 [N, 64], edge_index int64 [2, E] "
             "and y int64 [N], and put it there."
         )
-    with np.load(path) as data:
-        try:
-            x, edge_index, y = data["x"], data["edge_index"], data["y"]
-        except KeyError as err:
-            raise DatasetError(f"reddit_anomaly: {path} lacks the array {err}; expected x, edge_index, y") from None
-    if edge_index.shape[0] != 2 or x.shape[0] != y.shape[0]:
+    verify_files({rel: path}, "reddit_anomaly", verify)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            try:
+                x, edge_index, y = data["x"], data["edge_index"], data["y"]
+            except KeyError as err:
+                raise DatasetError(f"reddit_anomaly: {path} lacks the array {err}; expected x, edge_index, y") from None
+    except _ARCHIVE_ERRORS as err:
+        raise _corrupt_archive(path, err) from err
+    except ValueError as err:  # object arrays (pickles) are refused, as is anything not an .npz
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"reddit_anomaly: {path} is not a plain-array .npz (x, edge_index, y): {err}") from err
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2 or x.ndim != 2 or x.shape[0] != y.shape[0]:
         raise DatasetError(f"reddit_anomaly: {path}: edge_index must be [2, E] and x, y must have the same N")
+    _check(edge_index.size == 0 or (edge_index.min() >= 0 and edge_index.max() < len(x)), path, "edge_index",
+           f"node ids must lie in 0..{len(x) - 1}")
+    _check_labels(y, 2, f"{path}: y")
+    x = _finite_features(x.astype(np.float32), f"{path}: x", nonfinite_features)
     key = np.unique(edge_index[1].astype(np.int64) * len(x) + edge_index[0])
     senders, receivers = (key % len(x)).astype(np.int32), (key // len(x)).astype(np.int32)
     labels = y.astype(np.int32)
@@ -344,7 +504,7 @@ def load_reddit_anomaly(root: pathlib.Path, fractions=(0.6, 0.2, 0.2)) -> NodeDa
         graph=one_graph(x, senders, receivers),
         labels=labels,
         num_classes=2,
-        fingerprint=_fingerprint({rel: path}) | {"fractions": list(fractions)},
+        fingerprint=_fingerprint({rel: path}) | {"fractions": list(fractions)} | _nonfinite_fingerprint(nonfinite_features),
         split_fn=lambda seed: stratified_split(labels, fractions, seed),
     )
 
@@ -355,7 +515,7 @@ def load_reddit_anomaly(root: pathlib.Path, fractions=(0.6, 0.2, 0.2)) -> NodeDa
 TU_URL = "https://www.chrsmrrs.com/graphkerneldatasets/{name}.zip"
 
 
-def load_tu(name: str, root: pathlib.Path) -> GraphDataset:
+def load_tu(name: str, root: pathlib.Path, verify: bool = True, nonfinite_features: str = "error") -> GraphDataset:
     root = pathlib.Path(root)
     folder = root / "tu" / name
     if folder.is_dir():
@@ -363,9 +523,10 @@ def load_tu(name: str, root: pathlib.Path) -> GraphDataset:
         fingerprint = _fingerprint({p.relative_to(root): p for p in sorted(folder.glob(f"{name}_*.txt"))})
     else:
         rel = f"tu/{name}.zip"
-        zip_path = ensure_files(root, {rel: TU_URL.format(name=name)}, name)[rel]
+        zip_path = ensure_files(root, {rel: TU_URL.format(name=name)}, name, verify)[rel]
         reader, source = _zip_reader(zip_path, name), zip_path
         fingerprint = _fingerprint({rel: zip_path})
+    fingerprint |= _nonfinite_fingerprint(nonfinite_features)
 
     A = reader("A", int, required=True)
     graph_of = reader("graph_indicator", int, required=True)[:, 0] - 1
@@ -387,7 +548,7 @@ def load_tu(name: str, root: pathlib.Path) -> GraphDataset:
     senders_all, receivers_all = A[:, 0] - 1, A[:, 1] - 1
     features = []
     if node_attr is not None:
-        features.append(node_attr.astype(np.float32))
+        features.append(_finite_features(node_attr.astype(np.float32), f"{source}: node_attributes", nonfinite_features))
     if node_labels is not None:
         features.append(_one_hot(node_labels[:, 0]))
     # Duplicate edges (IMDB lists each edge twice) are removed; both directions stay.
@@ -448,7 +609,10 @@ def _parse(lines, dtype, where):
 
 
 def _zip_reader(zip_path, name):
-    archive = zipfile.ZipFile(zip_path)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except _ARCHIVE_ERRORS as err:
+        raise _corrupt_archive(zip_path, err) from err
     members = {pathlib.PurePosixPath(m).name: m for m in archive.namelist()}
 
     def read(part, dtype, required=False):
@@ -457,8 +621,11 @@ def _zip_reader(zip_path, name):
             if required:
                 raise DatasetError(f"{zip_path}: {name}_{part}.txt is missing from the archive")
             return None
-        text = io.TextIOWrapper(archive.open(member), encoding="utf-8")
-        return _parse(text, dtype, f"{zip_path}:{member}")
+        try:
+            text = io.TextIOWrapper(archive.open(member), encoding="utf-8")
+            return _parse(text, dtype, f"{zip_path}:{member}")
+        except (*_ARCHIVE_ERRORS, UnicodeDecodeError) as err:
+            raise _corrupt_archive(f"{zip_path}:{member}", err) from err
 
     return read
 

@@ -12,6 +12,8 @@ drawn from ``seed``; generation takes well under a second at the default sizes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gaflax.data.datasets import GraphDataset, NodeDataset, one_graph, stratified_split
@@ -55,6 +57,22 @@ def make_synthetic(level="node", alpha=0.0, *, num_nodes=1000, avg_degree=6, num
         raise ValueError(f"synthetic: level must be 'node' or 'graph', got {level!r}")
     if not -1 <= alpha <= 1:
         raise ValueError(f"synthetic: alpha must lie in [-1, 1], got {alpha!r}")
+    lo_hi = tuple(nodes_per_graph) if isinstance(nodes_per_graph, (list, tuple)) else ()
+    sizes = {  # option: (value, smallest that works)
+        "num_nodes": (num_nodes, 2),  # every node needs a neighbour other than itself
+        "avg_degree": (avg_degree, 1),
+        "num_graphs": (num_graphs, 1),
+        "num_features": (num_features, 1),
+        "num_classes": (num_classes, 2),
+    }
+    for key, (value, smallest) in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise ValueError(f"synthetic: dataset.options.{key}={value!r} must be an int >= {smallest}")
+    if len(lo_hi) != 2 or not all(isinstance(n, (int, np.integer)) for n in lo_hi) or not 2 <= lo_hi[0] <= lo_hi[1]:
+        raise ValueError(f"synthetic: dataset.options.nodes_per_graph={nodes_per_graph!r} must be [lo, hi] "
+                         "with 2 <= lo <= hi")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"synthetic: dataset.options.noise={noise!r} must be a finite number >= 0")
     params = dict(level=level, alpha=alpha, num_nodes=num_nodes, avg_degree=avg_degree, num_graphs=num_graphs,
                   nodes_per_graph=list(nodes_per_graph), num_features=num_features, noise=noise, task=task,
                   num_classes=num_classes, seed=seed)
