@@ -23,6 +23,7 @@ import argparse
 import json
 import pathlib
 
+from experiments.runtime import enable_compilation_cache
 from experiments.search import run_study
 from experiments.train import to_config, train_one
 
@@ -180,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--figure", type=pathlib.Path, default=None, help="PNG path (default: <out>/pr_curves.png)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_epochs=50")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     unknown = sorted(set(args.objectives) - {p.stem for p in (ROOT / "conf" / "decision").glob("*.yaml")})
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; they are the names of conf/decision/*.yaml")

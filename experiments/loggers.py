@@ -7,18 +7,36 @@ wandb failure stop training: it warns once and carries on without W&B.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
+
+#: Seconds wandb.init may wait for the server (W&B's default is 90: online without a network,
+#: a run would stall that long before the warning).
+INIT_TIMEOUT = 15
+
+
+def wandb_mode(settings: dict) -> tuple[str, str]:
+    """(mode, where it came from): an explicit ``WANDB_MODE`` in the environment wins over the
+    config's ``logger.mode`` (offline by default)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], "WANDB_MODE"
+    return settings.get("mode", "offline"), "logger.mode"
 
 
 class WandbWriter:
     def __init__(self, settings: dict, config, out_dir):
         self.run = None
+        mode, source = wandb_mode(settings)
+        configured = settings.get("mode", "offline")
+        note = f" (logger.mode={configured} is overridden)" if source == "WANDB_MODE" and mode != configured else ""
+        print(f"wandb: mode {mode}, from {source}{note}")
         try:
             import wandb
 
             self.run = wandb.init(project=settings.get("project", "gaflax"), entity=settings.get("entity"),
-                                  mode=settings.get("mode", "offline"), tags=list(settings.get("tags") or []),
-                                  dir=str(out_dir), config=dataclasses.asdict(config), reinit="finish_previous")
+                                  mode=mode, tags=list(settings.get("tags") or []),
+                                  dir=str(out_dir), config=dataclasses.asdict(config), reinit="finish_previous",
+                                  settings=wandb.Settings(init_timeout=INIT_TIMEOUT))
         except Exception as err:  # noqa: BLE001  (W&B is optional; training must go on)
             self._fail("init", err)
 

@@ -20,8 +20,11 @@ Each trial composes the config with the command line's overrides plus the trial'
 through ``train_and_evaluate`` (recorded in the journal, so a repeated trial reuses the earlier
 result) in ``<run dir>/trial_<n>/``, and tells Optuna the objective. This uses Optuna's ask/tell
 interface directly (the hydra-optuna-sweeper plugin pins optuna < 3). The study is resumable:
-re-running the same command loads it and runs only the trials still missing; trials left running
-by a dead process on this host are marked failed first.
+re-running the same command loads it and runs only the trials still missing. Trials left running
+by a dead process on this host are marked failed first, their journal runs too, and their
+parameters are queued to be tried again. The sampler is seeded with ``sampler_seed`` plus the
+number of trials the storage already holds, so that a resumed study continues with new
+configurations instead of drawing its first ones again.
 """
 
 from __future__ import annotations
@@ -70,8 +73,9 @@ def _suggest(trial, params: dict) -> dict:
     return values
 
 
-def _fail_orphans(study):
-    """Trials this host left RUNNING in a process that no longer exists: mark them failed."""
+def _fail_orphans(study, journal=None):
+    """Trials this host left RUNNING in a process that no longer exists: mark them failed (and
+    the journal's runs of dead processes), and queue their parameters to be tried again."""
     import optuna
 
     host = socket.gethostname()
@@ -79,20 +83,28 @@ def _fail_orphans(study):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") == host and pid is not None and not pid_alive(pid):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            print(f"search: trial {t.number} was left running by a dead process; marked failed")
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            print(f"search: trial {t.number} was left running by a dead process; marked failed, "
+                  f"its parameters queued again")
+    if journal is not None:
+        for run_id in journal.reap():
+            print(f"search: journal run {run_id} was left running by a dead process; recorded failed")
 
 
-def run_study(cfg: DictConfig, task_overrides: list[str], out_dir: pathlib.Path, train_one) -> float:
+def run_study(cfg: DictConfig, task_overrides: list[str], out_dir: pathlib.Path, train_one, journal=None) -> float:
     """Run (or resume) the study; ``train_one(cfg, trial_dir) -> results`` trains one trial."""
     import optuna
     from hydra import compose
 
     spec = _validate(OmegaConf.to_container(cfg.hparams_search, resolve=True))
     objective, direction = cfg.objective, spec.get("direction", "maximize")
+    seed = int(spec.get("sampler_seed", 0))
     study = optuna.create_study(study_name=spec.get("study_name"), storage=spec.get("storage"),
-                                sampler=optuna.samplers.TPESampler(seed=spec.get("sampler_seed", 0)),
-                                direction=direction, load_if_exists=True)
-    _fail_orphans(study)
+                                sampler=optuna.samplers.TPESampler(seed=seed), direction=direction, load_if_exists=True)
+    held = len(study.get_trials(deepcopy=False))
+    if held:  # the same seed would draw the first trials' parameters again
+        study.sampler = optuna.samplers.TPESampler(seed=seed + held)
+    _fail_orphans(study, journal)
     complete = optuna.trial.TrialState.COMPLETE
     n_trials, failures = int(spec["n_trials"]), 0
     print(f"search: study {study.study_name!r} in {spec.get('storage')}, {direction} {objective}, "

@@ -17,7 +17,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.figures import alpha_table, alpha_trajectories
 from experiments.loggers import make_writers
+from experiments.runtime import enable_compilation_cache
 from gaflax.config import Config
 from gaflax.journal import Journal
 from gaflax.pooling import AGGREGATORS
@@ -52,12 +54,14 @@ def to_config(cfg: DictConfig) -> Config:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    enable_compilation_cache()
     hydra_cfg = HydraConfig.get()
     out_dir = pathlib.Path(hydra_cfg.runtime.output_dir)
     if cfg.get("hparams_search"):
         from experiments.search import run_study
 
-        return run_study(cfg, list(hydra_cfg.overrides.task), out_dir, train_one)
+        return run_study(cfg, list(hydra_cfg.overrides.task), out_dir, train_one,
+                         journal=_journal(cfg.get("journal") or {"enabled": False}))
     results = train_one(cfg, out_dir)
     if cfg.objective not in results:  # the same experiment is running elsewhere: no value yet
         return float("nan")
@@ -82,7 +86,9 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     summary = {k: v for k, v in results.items() if k not in ("alphas", "baselines")}
     print(f"{config.dataset.name} / {_model_name(config)}: " + json.dumps(summary, default=float))
     if results.get("alphas"):
-        print("alphas (at the best epoch): " + json.dumps(results["alphas"]))
+        print(alpha_table(results["alphas"], results.get("best_epoch")))
+        if (out_dir / "metrics.jsonl").exists() and alpha_trajectories(out_dir, out_dir / "alphas.png"):
+            print(f"alpha trajectories: {out_dir / 'alphas.png'}")
     if results.get("baselines"):
         metric = "accuracy" if "test/accuracy" in results else "rmse"
         print(f"trivial baselines (test {metric}): " + ", ".join(

@@ -46,7 +46,9 @@ SCHEMA_VERSION = 1
 ON_DUPLICATE = ("skip", "warn", "rerun")
 STATUSES = ("running", "done", "failed")
 #: Config keys that do not change what a run computes; left out of the experiment key.
-NON_SEMANTIC = ("trainer.progress", "dataset.root", "hypothesis")
+# dataset.verify and dataset.nonfinite_features change no data by themselves: the data fingerprint
+# holds the files' actual hashes, and records nonfinite_features when it replaced values.
+NON_SEMANTIC = ("trainer.progress", "dataset.root", "dataset.verify", "dataset.nonfinite_features", "hypothesis")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,6 +143,10 @@ class Decision:
     message: str = ""
 
 
+class JournalError(RuntimeError):
+    """The journal file cannot be used (corrupt, or another schema); the message names it."""
+
+
 class Journal:
     def __init__(self, path=None, *, stale_after: float = 600.0, heartbeat_every: float = 30.0):
         self.path = pathlib.Path(path) if path is not None else default_path()
@@ -153,18 +159,33 @@ class Journal:
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"journal {self.path}: schema version {row[0]}, this gaflax reads "
+                raise JournalError(f"journal {self.path}: schema version {row[0]}, this gaflax reads "
                                    f"{SCHEMA_VERSION}; use another journal.path or migrate the file")
 
     @contextlib.contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # explicit transactions
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # explicit transactions
+        except sqlite3.DatabaseError as err:
+            raise self._unreadable(err) from err
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA journal_mode=WAL")
             yield db
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):  # locked, busy, ...: not the file's fault
+                raise
+            raise self._unreadable(err) from err
         finally:
             db.close()
+
+    def _unreadable(self, err) -> JournalError:
+        """A corrupt file: say which, and how to go on without losing it (it is never overwritten)."""
+        return JournalError(
+            f"journal {self.path} cannot be read: {err}. The file is left as it is. To go on, start a "
+            "new journal (journal.path=<new file>, or $GAFLAX_JOURNAL), and recover what can be read "
+            f"with: sqlite3 {self.path} .recover | sqlite3 recovered.sqlite"
+        )
 
     # -- recording ------------------------------------------------------------------------------
     def begin(self, config: dict, data_fingerprint: dict, *, on_duplicate: str = "skip", hypothesis=None,
@@ -208,6 +229,19 @@ class Journal:
                 db.execute("ROLLBACK")
                 raise
         return Decision(True, run_id=cursor.lastrowid, message=message)
+
+    def reap(self) -> list[int]:
+        """Record as failed every run left ``running`` by a process that no longer exists (on this
+        host) or that stopped its heartbeat (elsewhere); returns their ids."""
+        host, now = socket.gethostname(), time.time()
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE status = 'running'").fetchall()
+            dead = [row["id"] for row in rows if self._crashed(row, host, now)]
+            if dead:
+                db.execute(f"UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE id IN "
+                           f"({', '.join('?' * len(dead))}) AND status = 'running'",
+                           (now, "crashed: found running with no live process", *dead))
+        return dead
 
     def _crashed(self, row, host, now) -> bool:
         if row["host"] == host:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import sys
 import time
 
 import jax
@@ -82,6 +83,10 @@ def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: 
     return [results[i] for i in range(len(configs))]
 
 
+#: Seconds between progress lines when stderr is not a terminal.
+LOG_PROGRESS_SECONDS = 10.0
+
+
 def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), heartbeat=lambda: None) -> list[dict]:
     """The epoch loop: train ``task``'s members (``configs[m]`` writes to ``out_dirs[m]``; the extra
     ``writers`` log member 0), stop each early on its validation metric, keep each member's best
@@ -93,7 +98,10 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
     trackers = [evaluation.EarlyStopping(config.trainer.patience, config.trainer.monitor) for _ in configs]
     best_params, epoch_times = task.params, []
     name = config.dataset.name if len(configs) == 1 else f"{config.dataset.name} x{len(configs)}"
-    bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=name)
+    # Into a log (CI, SLURM, nohup) every refresh is a line: there, at most one every 10 s.
+    terminal = sys.stderr.isatty()
+    bar = tqdm(range(config.trainer.max_epochs), disable=not config.trainer.progress, desc=name,
+               mininterval=0.1 if terminal else LOG_PROGRESS_SECONDS)
     try:
         for epoch in bar:
             t0 = time.perf_counter()
@@ -118,9 +126,10 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
             best_params = task.select(task.params, best_params, take)
             heartbeat()
             if len(configs) == 1:
-                bar.set_postfix(loss=f"{train_losses[0]:.3f}", val=f"{row.get('val/accuracy', row['val/loss']):.3f}")
+                bar.set_postfix(loss=f"{train_losses[0]:.3f}", val=f"{row.get('val/accuracy', row['val/loss']):.3f}",
+                                refresh=terminal)
             else:
-                bar.set_postfix(running=sum(not t.stopped for t in trackers))
+                bar.set_postfix(running=sum(not t.stopped for t in trackers), refresh=terminal)
             if all(t.stopped for t in trackers):
                 break
     finally:

@@ -18,16 +18,16 @@ import pathlib
 import statistics
 import sys
 
-import matplotlib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # experiments/, beside scripts/
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.figures import NAMED, alpha_trajectories, per_head  # noqa: E402
 from gaflax.journal import Journal, default_path  # noqa: E402
-
-NAMED = {-1.0: "min", -0.5: "harmonic", 0.0: "geometric", 0.5: "arithmetic", 1.0: "max"}
-
 
 def _runs(journal_path, filters):
     return Journal(journal_path or default_path()).runs({"status": "done", **filters})
@@ -63,30 +63,10 @@ def accuracy_vs_alpha(runs, out, metric="test/accuracy"):
     _save(fig, out)
 
 
-def _series(alpha) -> list:
-    """An epoch's alpha for one layer as a list of per-head values ([] scope layer: one value)."""
-    a = np.asarray(alpha, float)
-    if a.ndim == 0:
-        return [float(a)]
-    return list(a.reshape(a.shape[0], -1).mean(-1))  # [H, 1] or [H, C] -> per head
-
-
 def trajectories(run_dir, out):
-    lines = [json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    layers = sorted({k for line in lines for k in line.get("alphas", {})})
-    if not layers:
+    if not alpha_trajectories(run_dir, out):
         sys.exit(f"plot_alpha trajectories: {run_dir}/metrics.jsonl has no learned alphas")
-    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        epochs = [line["epoch"] for line in lines if layer in line["alphas"]]
-        values = np.array([_series(line["alphas"][layer]) for line in lines if layer in line["alphas"]])
-        for head in range(values.shape[1]):
-            ax.plot(epochs, values[:, head], lw=1, label=f"head {head}" if values.shape[1] > 1 else None)
-        ax.set_title(layer)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(-1.05, 1.05)
-    axes[0][0].set_ylabel("alpha")
-    _save(fig, out)
+    print(f"wrote {out}")
 
 
 def synthetic_recovery(runs, out):
@@ -97,7 +77,7 @@ def synthetic_recovery(runs, out):
 
     def first_layer_alpha(run):
         alphas = run["results"]["alphas"]
-        return float(np.mean(_series(alphas[sorted(alphas)[0]])))
+        return float(np.mean(per_head(alphas[sorted(alphas)[0]])))
 
     groups = _by(learned, lambda r: r["config"]["dataset"]["options"].get("alpha", 0.0), first_layer_alpha)
     true = sorted(groups)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import pathlib
+import sqlite3
 import subprocess
 import sys
 import warnings
@@ -26,8 +27,8 @@ from gaflax.config import Config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_train(*overrides, tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
+def run_train(*overrides, tmp_path, **env_vars):
+    env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu", **env_vars)
     cmd = [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={tmp_path}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -46,12 +47,24 @@ def train_here(*overrides, out_dir) -> dict:
 
 @pytest.mark.slow
 def test_train_plus_pool_ga_debug_fast(tmp_path):
-    proc = run_train("+pool=ga", "debug=fast", "pool.learn=true", "seed=3", tmp_path=tmp_path)
+    """The flagship: pool=ga learns alpha per head from 0.5 (before, it kept alpha fixed at 0.5,
+    the weighted sum on positive messages), prints the learned alphas as a table, writes their
+    trajectories into the run directory, and fills the persistent compilation cache."""
+    cache = tmp_path / "jax-cache"
+    proc = run_train("+pool=ga", "debug=fast", "seed=3", "journal.enabled=false", tmp_path=tmp_path / "run",
+                     GAFLAX_COMPILATION_CACHE=str(cache))
+    tmp_path = tmp_path / "run"
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "synthetic / ga" in proc.stdout and "alphas" in proc.stdout
+    assert "synthetic / ga" in proc.stdout
+    assert "learned alphas at the best epoch" in proc.stdout and "head 1" in proc.stdout
+    assert f"alpha trajectories: {tmp_path / 'alphas.png'}" in proc.stdout
+    assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(cache.glob("jit_train_step-*"))  # the entry point turned the cache on
     results = json.loads((tmp_path / "results.json").read_text())
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["seed"] == 3 and config["pool"]["learn"] is True
+    assert config["seed"] == 3 and config["pool"]["learn"] is True and config["pool"]["scope"] == "head"
+    assert config["pool"]["alpha"] == 0.5
+    assert len(results["alphas"]["gat_0"]) == 2  # debug=fast: two heads
     assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "versions.json").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == results["epochs"]
 
@@ -86,6 +99,26 @@ def test_plus_pool_is_the_same_as_pool():
     assert _accept_plus_pool(["x", "+pool=ga", "pool.alpha=0.2", "+other=1"]) == ["x", "pool=ga", "pool.alpha=0.2", "+other=1"]
 
 
+@pytest.mark.parametrize("env, expected", [(None, "offline"), ("online", "online"), ("disabled", "disabled")])
+def test_wandb_mode_from_the_environment_wins_and_init_is_bounded(tmp_path, monkeypatch, capsys, env, expected):
+    """Before, WANDB_MODE=online was overridden by the config's offline without a word, and
+    wandb.init could stall about 100 s without a network."""
+    import wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs))
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    WandbWriter({"mode": "offline"}, Config(), tmp_path)
+    (kwargs,) = calls
+    assert kwargs["mode"] == expected and kwargs["settings"].init_timeout == 15
+    out = capsys.readouterr().out
+    assert f"wandb: mode {expected}, from {'logger.mode' if env is None else 'WANDB_MODE'}" in out
+    assert ("logger.mode=offline is overridden" in out) == (expected != "offline")
+
+
 def test_wandb_failure_never_kills_training(tmp_path):
     writer = WandbWriter({"mode": "disabled"}, Config(), tmp_path)
 
@@ -115,6 +148,14 @@ def test_every_dataset_and_group_option_composes():
             for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
                 cfg = compose(config_name="config", overrides=[f"{group}={option}"])
                 to_config(cfg)
+
+
+@pytest.mark.parametrize("override, available", [("experiment=ablation_nod", "ablation_node"),
+                                                 ("hparams_search=cora_gaa", "cora_ga"), ("debug=fats", "fast")])
+def test_a_misspelt_preset_is_an_error_that_lists_the_presets(override, available):
+    """Before, the optional defaults skipped an unknown preset and the default run trained, exit 0."""
+    with hydra_conf(), pytest.raises(MissingConfigException, match=rf"(?s)Could not find.*Available options.*{available}"):
+        compose(config_name="config", overrides=[override])
 
 
 def test_every_registered_operator_is_a_pool_and_readout_option():
@@ -189,7 +230,64 @@ def test_optuna_search_runs_resumes_and_summarizes(tmp_path, capsys):
     import optuna
 
     study = optuna.load_study(study_name="debug", storage=storage)
-    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    # The smoke-test search moves something that changes the score (before: 0.359 for every trial).
+    assert len({t.value for t in complete}) > 1, [t.value for t in complete]
+
+
+def _dead_pid():
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_a_resumed_search_continues_and_retries_the_killed_trial(tmp_path, capsys):
+    """Killed after two trials (one more left running by the dead process, in Optuna and in the
+    journal), then relaunched: the study ends with n_trials distinct configurations, the killed
+    trial's configuration is tried again, and no journal run stays 'running'. Before, a resumed
+    study drew its first trials' parameters again (same sampler seed), the journal skipped them
+    as already recorded, and the killed trial was never retried."""
+    import socket
+
+    import optuna
+
+    from experiments.search import run_study
+    from gaflax.journal import Journal
+
+    storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    journal = Journal(tmp_path / "journal.sqlite")
+    seen = []
+
+    def fake_train(cfg, trial_dir):  # the objective depends on the parameters only
+        seen.append((cfg.pool.alpha, cfg.optimizer.lr, cfg.loss.name))
+        return {"val/accuracy": 0.5 + 0.1 * cfg.pool.alpha - cfg.optimizer.lr}
+
+    args = ["debug=fast", "hparams_search=debug", f"hparams_search.storage={storage}"]
+    with hydra_conf():
+        run_study(compose(config_name="config", overrides=[*args, "hparams_search.n_trials=2"]), args,
+                  tmp_path / "run", fake_train, journal=journal)
+        # The process that ran trial 2 died: its Optuna trial and its journal run are left running.
+        study = optuna.load_study(study_name="debug", storage=storage)
+        killed = study.ask({"pool.alpha": optuna.distributions.FloatDistribution(-1, 1),
+                            "optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True),
+                            "loss": optuna.distributions.CategoricalDistribution(["ce", "focal"])})
+        dead = _dead_pid()
+        killed.set_user_attr("host", socket.gethostname())
+        killed.set_user_attr("pid", dead)
+        run = journal.begin({"seed": 0, "trial": killed.number}, {})
+        with sqlite3.connect(journal.path) as db:
+            db.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead, run.run_id))
+        run_study(compose(config_name="config", overrides=[*args, "hparams_search.n_trials=6"]), args,
+                  tmp_path / "run", fake_train, journal=journal)
+    out = capsys.readouterr().out
+    assert f"trial {killed.number} was left running by a dead process" in out
+    study = optuna.load_study(study_name="debug", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    configurations = {tuple(sorted(t.params.items())) for t in complete}
+    assert len(complete) == 6 and len(configurations) == 6
+    assert tuple(sorted(killed.params.items())) in configurations  # retried
+    assert len(set(seen)) == len(seen) == 6
+    assert [r["status"] for r in journal.runs()] == ["failed"]
 
 
 def test_bad_search_space_fails_clearly(tmp_path):
@@ -206,3 +304,27 @@ def test_launcher_configs_compose():
         local = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.timeout_min == 60
     assert local.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def test_compilation_cache_settings(tmp_path, monkeypatch):
+    from experiments import runtime
+
+    monkeypatch.setenv("GAFLAX_COMPILATION_CACHE", "0")
+    assert runtime.compilation_cache_dir() is None
+    monkeypatch.setenv("GAFLAX_COMPILATION_CACHE", str(tmp_path / "c"))
+    assert runtime.compilation_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("GAFLAX_COMPILATION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.compilation_cache_dir() == tmp_path / "xdg" / "gaflax" / "jax"
+
+
+def test_fixed_alpha_presets_stay_fixed():
+    """pool=ga learns alpha by default now; the named-mean presets keep it fixed."""
+    with hydra_conf():
+        assert to_config(compose(config_name="config", overrides=["pool=ga"])).pool.learn is True
+        for preset, alpha in [("ga_min", -1.0), ("ga_harmonic", -0.5), ("ga_geometric", 0.0), ("ga_arithmetic", 0.5),
+                              ("ga_max", 1.0)]:
+            pool = to_config(compose(config_name="config", overrides=[f"pool={preset}"])).pool
+            assert (pool.alpha, pool.learn) == (alpha, False), preset
+        reddit = to_config(compose(config_name="config", overrides=["experiment=imbalance_reddit"]))
+        assert reddit.pool.name == "ga" and reddit.pool.learn is False
