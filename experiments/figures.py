@@ -34,14 +34,18 @@ def nearest_named(alpha: float) -> str:
 def alpha_table(alphas: dict, best_epoch=None) -> str:
     """The learned alphas as a table: one row per layer, one column per head, with the named
     mean each is nearest to."""
+    others = {k: v for k, v in alphas.items() if "/" in k}  # an aggregator's own parameters: 'gat_0/p'
+    alphas = {k: v for k, v in alphas.items() if "/" not in k}
+    lines = [f"learned {name}" + (f" at the best epoch ({best_epoch})" if best_epoch is not None else "")
+             + " (per head, mean over channels): " + " ".join(f"{v:+.3f}" for v in per_head(value)) for name, value in others.items()]
     if not alphas:
-        return ""
+        return "\n".join(lines)
     rows = {layer: per_head(value) for layer, value in alphas.items()}
     width = max(len(v) for v in rows.values())
     channel = any(np.ndim(v) == 2 and np.shape(v)[1] > 1 for v in alphas.values())
     title = "learned alphas" + (f" at the best epoch ({best_epoch})" if best_epoch is not None else "")
     title += " (mean over channels)" if channel else ""
-    lines = [title + " and the nearest named mean (-1 min, -0.5 harm, 0 geo, 0.5 arith, 1 max)",
+    lines = lines + [title + " and the nearest named mean (-1 min, -0.5 harm, 0 geo, 0.5 arith, 1 max)",
              f"{'layer':<8}" + "".join(f"{'head ' + str(h) if width > 1 else 'alpha':>13}" for h in range(width))]
     for layer, values in rows.items():
         cells = "".join(f"{f'{v:+.3f} {_SHORT[nearest_named(v)]}':>13}" for v in values)
@@ -58,7 +62,7 @@ def alpha_trajectories(run_dir, out) -> bool:
     import matplotlib.pyplot as plt
 
     lines = [json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    layers = sorted({k for line in lines for k in line.get("alphas", {})})
+    layers = sorted({k for line in lines for k in line.get("alphas", {}) if "/" not in k})  # alphas, not p or t
     if not layers:
         return False
     fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3), squeeze=False)

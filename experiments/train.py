@@ -86,7 +86,7 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     summary = {k: v for k, v in results.items() if k not in ("alphas", "baselines")}
     print(f"{config.dataset.name} / {_model_name(config)}: " + json.dumps(summary, default=float))
     if results.get("alphas"):
-        print(alpha_table(results["alphas"], results.get("best_epoch")))
+        print(alpha_table(results["alphas"], results.get("best_epoch")))  # and other learned aggregator parameters
         if (out_dir / "metrics.jsonl").exists() and alpha_trajectories(out_dir, out_dir / "alphas.png"):
             print(f"alpha trajectories: {out_dir / 'alphas.png'}")
     if results.get("baselines"):

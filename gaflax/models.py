@@ -52,6 +52,33 @@ class Exponent(nn.Module):
         return jnp.tanh(spec.lr_mult * theta)
 
 
+class AggregatorParams(nn.Module):
+    """An aggregator's learnable parameters (``pooling.ParamSpec``), each of the channel shape
+    (``[H, C]`` in a layer, ``[F]`` for a readout), starting at its spec's ``init``. Sown into
+    ``intermediates`` so that their values are reported with the alphas."""
+
+    specs: tuple
+
+    @nn.compact
+    def __call__(self, channel_shape: tuple) -> dict:
+        values = {}
+        for spec in self.specs:
+            values[spec.name] = self.param(spec.name, nn.initializers.constant(spec.init), tuple(channel_shape),
+                                           jnp.float32)
+            self.sow("intermediates", spec.name, values[spec.name])
+        return values
+
+
+def aggregate_with_params(aggregate, module: nn.Module, messages, segment_ids, num_segments, *, weights=None,
+                          alpha=None, name="aggregator_params"):
+    """Call ``aggregate``, creating its learnable parameters (if its specs name some) in ``module``."""
+    specs = getattr(aggregate, "params", ())
+    if not specs:
+        return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha)
+    params = AggregatorParams(specs, parent=module, name=name)(messages.shape[1:])
+    return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params)
+
+
 def _fmix32(h):
     """murmur3's 32-bit finalizer: a bijective, well-mixing hash of uint32 values."""
     h = h ^ (h >> 16)
@@ -207,7 +234,7 @@ class GATLayer(nn.Module):
             exponent = Exponent(o.exponent, name="exponent")(H, messages.shape[-1], fixed=alpha)
             self.sow("intermediates", "alpha", exponent)
         # [N, H, C] ([N, H, F] aggregating first)
-        out = o.aggregate(messages, receivers, n, weights=attention, alpha=exponent)
+        out = aggregate_with_params(o.aggregate, self, messages, receivers, n, weights=attention, alpha=exponent)
         if o.aggregate_first:
             kernel = self.param("proj_after", glorot, (H, x.shape[-1], C))
             out = jnp.einsum("nhf,hfc->nhc", out, kernel)
@@ -279,7 +306,8 @@ class GraphGAT(nn.Module):
             alpha = Exponent(self.readout_exponent, name="readout_exponent")(1, graph.nodes.shape[-1])
             alpha = alpha if alpha.ndim == 0 else alpha[0]
             self.sow("intermediates", "readout_alpha", alpha)
-        pooled = self.readout(graph.nodes, node_graph, n_graph, alpha=alpha)
+        pooled = aggregate_with_params(self.readout, self, graph.nodes, node_graph, n_graph, alpha=alpha,
+                                       name="readout_params")
         for width in self.mlp:
             pooled = nn.elu(nn.Dense(width)(pooled))
             pooled = Dropout(self.layer.dropout)(pooled, deterministic=deterministic)
@@ -311,6 +339,10 @@ def alphas_from_intermediates(intermediates) -> dict:
         keys = [k for k in keys if not k.isdigit()]  # sow stores a tuple of values
         if keys and keys[-1].endswith("alpha"):
             out["/".join(keys[:-1] if keys[-1] == "alpha" else keys)] = np.asarray(leaf).tolist()
+        elif len(keys) >= 2 and keys[-2] in ("aggregator_params", "readout_params"):
+            # another learned aggregator parameter: 'gat_0/p', 'readout/t'
+            owner = keys[:-2] if keys[-2] == "aggregator_params" else [*keys[:-2], "readout"]
+            out["/".join([*owner, keys[-1]])] = np.asarray(leaf).tolist()
     return out
 
 

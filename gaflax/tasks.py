@@ -42,9 +42,16 @@ def build_model(config: Config, ds):
     return MODELS.lookup(config.model.name, "model.name").build(config, ds.kind, ds.num_classes)
 
 
+#: Parameters without weight decay: the GA exponents and the aggregators' own parameters (p, t).
+UNDECAYED = ("alpha_theta", "aggregator_params", "readout_params")
+
+
 def make_optimizer(config: Config, params):
-    # Coupled L2 (added to the gradient before Adam), on every weight except the GA exponents.
-    mask = jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", "") != "alpha_theta", params)
+    # Coupled L2 (added to the gradient before Adam), on every weight except the UNDECAYED.
+    def decayed(path, _):
+        return not any(getattr(k, "key", "") in UNDECAYED for k in path)
+
+    mask = jax.tree_util.tree_map_with_path(decayed, params)
     return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask), optax.adam(config.optimizer.lr))
 
 

@@ -50,10 +50,12 @@ def test_uses_weights_says_whether_the_weights_matter(key, aggregator):
 
 def test_make_binds_options_and_names_the_key():
     fn, exponent = pooling.make("ga", alpha=-0.2, learn=True, scope="head", lr_mult=3.0, positive="elu1")
-    assert fn.keywords == {"positive": "elu1"}
+    assert fn.fn.keywords == {"positive": "elu1"} and fn.params == ()
     assert exponent == pooling.ExponentSpec(init=-0.2, learn=True, scope="head", lr_mult=3.0)
     fn, exponent = pooling.make("max", alpha=0.9, positive="elu1")
-    assert fn is pooling.maximum and exponent is None
+    assert fn.fn is pooling.maximum and exponent is None
+    fn, exponent = pooling.make("powermean", alpha=0.9)
+    assert fn.params == (pooling.ParamSpec("p", 1.0),) and exponent is None
     with pytest.raises(ValueError, match=r"readout.name='median' is not a registered pooling operator"):
         pooling.make("median", key="readout")
 

@@ -1,0 +1,234 @@
+"""GA's learnable rivals (powermean, softmax_learned, var, std): float64 NumPy references of the
+papers' formulas with the peers' semantics, the contract every operator meets (empty segments,
+zero edges, one node, jit, vmap, readout), and equality with PyG's own implementations where
+torch_geometric is installed (the ``bench`` extra)."""
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from gaflax import pooling
+from gaflax.config import Config
+from gaflax.models import alphas_from_intermediates
+from gaflax.data import budgets_for, pad_batch
+from gaflax.tasks import build_model, init_params, load_dataset, make_optimizer, node_inputs, run_keys
+
+RIVALS = ["powermean", "softmax_learned", "var", "std"]
+HAS_PYG = importlib.util.find_spec("torch_geometric") is not None
+needs_pyg = pytest.mark.skipif(not HAS_PYG, reason="torch_geometric is not installed (pip install -e '.[bench]')")
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 NumPy references, one segment at a time
+# ---------------------------------------------------------------------------------------------
+def np_powermean(x, p, lo=1e-4, hi=100.0):
+    if len(x) == 0:
+        return np.zeros(x.shape[1:])
+    return np.clip(np.mean(np.clip(x, lo, hi) ** p, axis=0), lo, hi) ** (1 / p)
+
+
+def np_softmax_learned(x, t):
+    if len(x) == 0:
+        return np.zeros(x.shape[1:])
+    z = t * x
+    e = np.exp(z - z.max(axis=0))
+    return np.sum(e / e.sum(axis=0) * x, axis=0)
+
+
+def np_var(x):
+    return np.zeros(x.shape[1:]) if len(x) == 0 else np.mean(x * x, axis=0) - np.mean(x, axis=0) ** 2
+
+
+def np_std(x):
+    out = np.sqrt(np.maximum(np_var(x), 1e-5))
+    return np.where(out <= np.sqrt(1e-5), 0, out)
+
+
+REFERENCES = {"powermean": (np_powermean, "p"), "softmax_learned": (np_softmax_learned, "t"),
+              "var": (np_var, None), "std": (np_std, None)}
+
+
+def _case(seed, n_edges=40, segments=7, channels=(2, 3)):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.5, 1.5, (n_edges, *channels))
+    x[:5] = rng.uniform(0, 300, (5, *channels))  # some above powermean's clamp
+    ids = np.sort(rng.integers(0, segments - 1, n_edges)).astype(np.int32)  # the last segment is empty
+    param = rng.uniform(0.3, 2.5, channels) * rng.choice([-1, 1], channels)  # signs: soft min and max
+    return x, ids, segments, param
+
+
+@pytest.mark.parametrize("name", RIVALS)
+def test_rivals_match_float64_references(name, x64):
+    ref, param_name = REFERENCES[name]
+    pool, _ = pooling.make(name)
+    for seed in range(3):
+        x, ids, segments, param = _case(seed)
+        if name == "powermean":
+            param = np.abs(param)  # p < 0 is allowed, but the clamp then dominates; test both below
+        params = {param_name: jnp.asarray(param)} if param_name else None
+        out = np.asarray(pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params))
+        for s in range(segments):
+            rows = x[ids == s]
+            expected = ref(rows, param) if param_name else ref(rows)
+            np.testing.assert_allclose(out[s], expected, rtol=1e-12, atol=1e-12, err_msg=f"{name} segment {s}")
+    if name == "powermean":  # negative p, per channel
+        x, ids, segments, _ = _case(7)
+        p = np.array([[-1.0, -0.5, 2.0], [0.5, -2.0, 1.0]])
+        out = np.asarray(pool(jnp.asarray(x), jnp.asarray(ids), segments, params={"p": jnp.asarray(p)}))
+        for s in range(segments - 1):
+            np.testing.assert_allclose(out[s], np_powermean(x[ids == s], p), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", RIVALS)
+def test_rival_gradients_are_exact(name, x64):
+    """check_grads (float64, first order, both modes) with respect to the messages and the
+    per-channel parameter, away from powermean's clamp edges and std's floor."""
+    pool, _ = pooling.make(name)
+    _, param_name = REFERENCES[name]
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.5, 3.0, (12, 2, 3))
+    ids = jnp.asarray(np.repeat(np.arange(4), 3), jnp.int32)
+    param = jnp.asarray(rng.uniform(0.5, 2.0, (2, 3)))
+    if param_name:
+        check_grads(lambda x, q: pool(x, ids, 5, params={param_name: q}), (jnp.asarray(x), param), order=1,
+                    modes=("fwd", "rev"))
+    else:
+        check_grads(lambda x: pool(x, ids, 5), (jnp.asarray(x),), order=1, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("name", RIVALS)
+def test_rival_contract_edges(name):
+    """Empty segments give 0 with zero gradient (for the messages and the parameter); zero edges
+    and a single node give finite values and gradients; jit and vmap (over messages and over the
+    parameter, as a grid does) agree with the plain call; [N, F] inputs work as a readout."""
+    pool, _ = pooling.make(name)
+    _, param_name = REFERENCES[name]
+
+    def call(x, ids, n, q):
+        return pool(x, ids, n, params={param_name: q} if param_name else None)
+
+    q = jnp.full((2, 3), 1.3)
+    x = jax.random.normal(jax.random.key(0), (6, 2, 3))
+    ids = jnp.array([0, 0, 1, 1, 1, 3], jnp.int32)  # segment 2 is empty
+    out = call(x, ids, 4, q)
+    assert bool(jnp.all(jnp.isfinite(out)))
+    np.testing.assert_array_equal(out[2], 0)
+    gx, gq = jax.grad(lambda x, q: jnp.sum(call(x, ids, 4, q)[2]), (0, 1))(x, q)
+    np.testing.assert_array_equal(gx, 0)
+    np.testing.assert_array_equal(gq, 0)
+    full_grads = jax.grad(lambda x, q: jnp.sum(call(x, ids, 4, q) ** 2), (0, 1))(x, q)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in full_grads)
+    # Zero edges: every segment is empty.
+    empty = call(jnp.zeros((0, 2, 3)), jnp.zeros((0,), jnp.int32), 3, q)
+    np.testing.assert_array_equal(empty, 0)
+    assert bool(jnp.all(jnp.isfinite(jax.grad(lambda q: jnp.sum(call(jnp.zeros((0, 2, 3)), jnp.zeros((0,), jnp.int32),
+                                                                        3, q)))(q))))
+    # One node, one message (its self-loop).
+    one = call(x[:1], jnp.zeros((1,), jnp.int32), 1, q)
+    assert bool(jnp.all(jnp.isfinite(one)))
+    if name in ("var", "std"):
+        np.testing.assert_array_equal(one, 0)
+    elif name == "softmax_learned":
+        np.testing.assert_allclose(one[0], x[0], rtol=1e-6)
+    # jit, and vmap over messages and over the parameter.
+    np.testing.assert_allclose(jax.jit(call, static_argnums=2)(x, ids, 4, q), out, rtol=1e-6, atol=1e-6)
+    over_x = jax.vmap(lambda m: call(m, ids, 4, q))(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(over_x[0], out, rtol=1e-6, atol=1e-6)
+    over_q = jax.vmap(lambda r: call(x, ids, 4, r))(jnp.stack([q, q + 0.5]))
+    np.testing.assert_allclose(over_q[0], out, rtol=1e-6, atol=1e-6)
+    # A readout: node features [N, F] pooled per graph.
+    nodes = x.reshape(6, 6)
+    pooled = pool(nodes, ids, 4, params={param_name: jnp.full((6,), 1.3)} if param_name else None)
+    assert pooled.shape == (4, 6) and bool(jnp.all(jnp.isfinite(pooled)))
+
+
+@pytest.mark.parametrize("name", ["powermean", "softmax_learned"])
+def test_rival_parameters_are_learned_per_channel_and_reported(name):
+    """In a GAT each layer learns one value per head and channel; a graph readout one per feature.
+    They are reported with the alphas, and get no weight decay (like GA's exponent)."""
+    param_name = REFERENCES[name][1]
+    for kind, raw in [("node", {"dataset": {"name": "synthetic", "options": {"num_nodes": 60, "task": "classification"}},
+                                "pool": {"name": name}}),
+                      ("graph", {"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 8,
+                                                                              "task": "classification"}},
+                                 "readout": {"name": name}})]:
+        config = Config.from_dict({**raw, "model": {"hidden": 4, "heads": 2}})
+        ds = load_dataset(config)
+        model = build_model(config, ds)
+        if kind == "node":
+            inputs = node_inputs(config, ds)[0]
+        else:
+            graphs = [ds[i] for i in range(4)]
+            inputs = pad_batch(graphs, ds.labels[:4], budgets_for(ds, 4)).graph
+        params = init_params(model, *run_keys(0), inputs)
+        if kind == "node":
+            assert params["gat_0"]["aggregator_params"][param_name].shape == (2, 4)
+            assert params["gat_1"]["aggregator_params"][param_name].shape == (1, ds.num_classes)
+            owner = params["gat_0"]["aggregator_params"]
+        else:
+            assert params["readout_params"][param_name].shape == (8,)  # heads * hidden features
+            owner = params["readout_params"]
+        _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates"])
+        reported = alphas_from_intermediates(state["intermediates"])
+        assert np.allclose(reported[("gat_0/" if kind == "node" else "readout/") + param_name], 1.0), reported.keys()
+        # Weight decay with a zero gradient moves every decayed weight, and not these.
+        owner[param_name] = owner[param_name] + 0.5
+        tx = make_optimizer(Config.from_dict({"optimizer": {"weight_decay": 1.0}}), params)
+        updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
+        moved = updates["gat_0"]["aggregator_params"] if kind == "node" else updates["readout_params"]
+        np.testing.assert_array_equal(moved[param_name], 0)
+        assert bool(jnp.any(updates["gat_0"]["proj"]["kernel"] != 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The peers' own implementations
+# ---------------------------------------------------------------------------------------------
+def _pyg(name, channels):
+    from torch_geometric.nn import aggr
+
+    return {"powermean": lambda: aggr.PowerMeanAggregation(learn=True, channels=channels),
+            "softmax_learned": lambda: aggr.SoftmaxAggregation(learn=True, channels=channels),
+            "var": aggr.VarAggregation, "std": aggr.StdAggregation}[name]()
+
+
+@needs_pyg
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch_geometric's import uses torch.jit.script
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", RIVALS)
+def test_rivals_equal_pyg_values_and_gradients(name):
+    """Same inputs and parameters as PyG 2.8's aggregation modules: equal values, and equal
+    gradients for the messages and the per-channel parameter, on non-empty segments (PyG's
+    powermean gives an empty segment 1e-4^(1/p), gaflax 0)."""
+    import torch
+
+    param_name = REFERENCES[name][1]
+    rng = np.random.default_rng(11)
+    channels = 5
+    x = rng.normal(0.3, 2.0, (60, channels)).astype(np.float32)
+    x[:4] = rng.uniform(50, 300, (4, channels))
+    ids = np.sort(np.concatenate([np.arange(8), rng.integers(0, 8, 52)])).astype(np.int64)  # none empty
+    param = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+
+    module = _pyg(name, channels)
+    if param_name:
+        getattr(module, param_name).data = torch.tensor(param)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = module(xt, torch.tensor(ids), dim_size=8)
+    cot = rng.normal(size=out_t.shape).astype(np.float32)
+    (out_t * torch.tensor(cot)).sum().backward()
+
+    pool, _ = pooling.make(name)
+
+    def f(x, q):
+        return jnp.sum(pool(x, jnp.asarray(ids, jnp.int32), 8, params={param_name: q} if param_name else None) * cot)
+
+    out = pool(jnp.asarray(x), jnp.asarray(ids, jnp.int32), 8, params={param_name: jnp.asarray(param)} if param_name else None)
+    gx, gq = jax.grad(f, (0, 1))(jnp.asarray(x), jnp.asarray(param))
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=2e-4, atol=2e-5)
+    if param_name:
+        np.testing.assert_allclose(gq, getattr(module, param_name).grad.numpy(), rtol=2e-4, atol=2e-4)
