@@ -41,13 +41,17 @@ def alpha_table(alphas: dict, best_epoch=None) -> str:
     if not alphas:
         return "\n".join(lines)
     rows = {layer: per_head(value) for layer, value in alphas.items()}
-    width = max(len(v) for v in rows.values())
+    width = max(min(len(v), 8) for v in rows.values())
     channel = any(np.ndim(v) == 2 and np.shape(v)[1] > 1 for v in alphas.values())
     title = "learned alphas" + (f" at the best epoch ({best_epoch})" if best_epoch is not None else "")
     title += " (mean over channels)" if channel else ""
     lines = lines + [title + " and the nearest named mean (-1 min, -0.5 harm, 0 geo, 0.5 arith, 1 max)",
              f"{'layer':<8}" + "".join(f"{'head ' + str(h) if width > 1 else 'alpha':>13}" for h in range(width))]
     for layer, values in rows.items():
+        if len(values) > 8:  # a readout learned per channel: summarise
+            lines.append(f"{layer:<10} {len(values)} channels: mean {np.mean(values):+.3f} "
+                         f"({_SHORT[nearest_named(float(np.mean(values)))]}), range [{min(values):+.3f}, {max(values):+.3f}]")
+            continue
         cells = "".join(f"{f'{v:+.3f} {_SHORT[nearest_named(v)]}':>13}" for v in values)
         lines.append(f"{layer:<10}{cells}")
     return "\n".join(lines)

@@ -72,6 +72,52 @@ class GATConfig(ModelConfig):
 
 
 @dataclasses.dataclass
+class GCNConfig(ModelConfig):
+    """GCN (Kipf & Welling 2017): 16 hidden units, ReLU, dropout 0.5, self-loops and the symmetric
+    normalisation; the ``pool`` aggregator replaces the normalised sum (``weighted_sum``)."""
+
+    name: str = "gcn"
+    hidden: int = 16
+    num_layers: int = 2
+    dropout: float = 0.5
+    add_self_loops: bool = True
+    mlp: tuple = (64,)  # graph classification only
+    integer_fields: ClassVar = ("hidden", "num_layers")
+    rate_fields: ClassVar = ("dropout",)
+
+
+@dataclasses.dataclass
+class SAGEConfig(ModelConfig):
+    """GraphSAGE (Hamilton et al. 2017) with the root weight; mean aggregation by default
+    (``weighted_sum`` with weights 1 / in-degree)."""
+
+    name: str = "sage"
+    hidden: int = 64
+    num_layers: int = 2
+    dropout: float = 0.5
+    add_self_loops: bool = False
+    mlp: tuple = (64,)
+    integer_fields: ClassVar = ("hidden", "num_layers")
+    rate_fields: ClassVar = ("dropout",)
+
+
+@dataclasses.dataclass
+class GINConfig(ModelConfig):
+    """GIN (Xu et al. 2019): a learned eps and a two-layer MLP per layer; sum aggregation by
+    default (``weighted_sum`` with weights 1)."""
+
+    name: str = "gin"
+    hidden: int = 64
+    num_layers: int = 3
+    dropout: float = 0.5
+    train_eps: bool = True
+    add_self_loops: bool = False
+    mlp: tuple = (64,)
+    integer_fields: ClassVar = ("hidden", "num_layers")
+    rate_fields: ClassVar = ("dropout",)
+
+
+@dataclasses.dataclass
 class MLPConfig(ModelConfig):
     """A small MLP for tabular rows: ``num_layers`` hidden layers of ``hidden`` units, ELU, dropout."""
 

@@ -17,6 +17,7 @@ size, so the reparameterisation is an effective per-parameter learning-rate mult
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -77,6 +78,19 @@ def aggregate_with_params(aggregate, module: nn.Module, messages, segment_ids, n
         return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha)
     params = AggregatorParams(specs, parent=module, name=name)(messages.shape[1:])
     return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params)
+
+
+def aggregate_neighbours(module: nn.Module, aggregate, exponent_spec, messages, receivers, num_nodes, weights, alpha=None):
+    """What every backbone layer does with its messages ``[E, H, C]``: build the aggregator's GA
+    exponent (from ``exponent_spec``; ``alpha`` replaces a fixed one's value) and its learnable
+    parameters in ``module``, then aggregate per receiver with the layer's edge ``weights``
+    ``[E, H]`` (attention, or GCN's normalisation). Returns ``[N, H, C]``."""
+    exponent = None
+    if exponent_spec is not None:
+        exponent = Exponent(exponent_spec, parent=module, name="exponent")(messages.shape[1], messages.shape[-1],
+                                                                           fixed=alpha)
+        module.sow("intermediates", "alpha", exponent)
+    return aggregate_with_params(aggregate, module, messages, receivers, num_nodes, weights=weights, alpha=exponent)
 
 
 def _fmix32(h):
@@ -229,12 +243,8 @@ class GATLayer(nn.Module):
 
         if o.aggregate_first:  # the heads' messages are the input features themselves
             messages = jnp.broadcast_to(x[senders][:, None, :], (len(senders), H, x.shape[-1]))
-        exponent = None
-        if o.exponent is not None:
-            exponent = Exponent(o.exponent, name="exponent")(H, messages.shape[-1], fixed=alpha)
-            self.sow("intermediates", "alpha", exponent)
         # [N, H, C] ([N, H, F] aggregating first)
-        out = aggregate_with_params(o.aggregate, self, messages, receivers, n, weights=attention, alpha=exponent)
+        out = aggregate_neighbours(self, o.aggregate, o.exponent, messages, receivers, n, attention, alpha)
         if o.aggregate_first:
             kernel = self.param("proj_after", glorot, (H, x.shape[-1], C))
             out = jnp.einsum("nhf,hfc->nhc", out, kernel)
@@ -253,6 +263,159 @@ def add_self_loops(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
         edges=None,
         n_edge=graph.n_edge + graph.n_node,
     )
+
+
+def in_degree(receivers, num_nodes, dtype=jnp.float32):
+    return jax.ops.segment_sum(jnp.ones(receivers.shape, dtype), receivers, num_nodes)
+
+
+class GCNLayer(nn.Module):
+    """Kipf & Welling (2017): ``D^-1/2 (A + I) D^-1/2 X W + b``, with the aggregator in place of
+    the normalised sum: messages ``(X W)_j`` weighted by ``1 / sqrt(d_i d_j)`` (self-loops are in
+    the graph already). ``weighted_sum`` is the published layer; GA and the other operators that
+    use weights normalise them per node."""
+
+    features: int
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
+        n = _num_nodes(graph)
+        h = Projection(self.features, use_bias=False, name="proj")(graph.nodes)
+        degree = in_degree(graph.receivers, n, h.dtype)
+        norm = jax.lax.rsqrt(jnp.maximum(degree[graph.senders] * degree[graph.receivers], 1))
+        out = aggregate_neighbours(self, self.aggregate, self.exponent, h[graph.senders][:, None, :], graph.receivers,
+                                   n, norm[:, None], alpha)[:, 0, :]
+        return out + self.param("bias", nn.initializers.zeros, (self.features,))[None]
+
+
+class SAGELayer(nn.Module):
+    """GraphSAGE (Hamilton et al. 2017) with the root weight: ``W_r x_i + W_n agg_j(x_j) + b``,
+    mean aggregation by default: neighbours weigh ``1 / in-degree``, so ``weighted_sum`` is the
+    mean. As in GAT, the features are projected before they are aggregated (``agg_j(W_n x_j)``),
+    which equals the published layer for linear aggregators (sum, mean) and lets sparse features
+    stay sparse. No self-loops."""
+
+    features: int
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
+        n = _num_nodes(graph)
+        neighbours = Projection(self.features, use_bias=False, name="proj_neighbours")(graph.nodes)
+        root = Projection(self.features, name="proj_root")(graph.nodes)
+        weights = 1 / jnp.maximum(in_degree(graph.receivers, n, neighbours.dtype), 1)[graph.receivers]
+        out = aggregate_neighbours(self, self.aggregate, self.exponent, neighbours[graph.senders][:, None, :],
+                                   graph.receivers, n, weights[:, None], alpha)[:, 0, :]
+        return root + out
+
+
+class GINLayer(nn.Module):
+    """GIN (Xu et al. 2019): ``MLP((1 + eps) x_i + agg_j x_j)`` with a learned eps (from 0) and a
+    two-layer ReLU MLP; sum aggregation by default (neighbours weigh 1). The MLP's first linear
+    map is applied before the aggregation (exact for linear aggregators, as in SAGELayer). No
+    self-loops."""
+
+    features: int
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
+    train_eps: bool = True
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
+        n = _num_nodes(graph)
+        h = Projection(self.features, use_bias=False, name="proj")(graph.nodes)
+        eps = self.param("eps", nn.initializers.zeros, ()) if self.train_eps else 0.0
+        out = aggregate_neighbours(self, self.aggregate, self.exponent, h[graph.senders][:, None, :], graph.receivers,
+                                   n, jnp.ones((graph.senders.shape[0], 1), h.dtype), alpha)[:, 0, :]
+        z = (1 + eps) * h + out + self.param("bias", nn.initializers.zeros, (self.features,))[None]
+        return nn.Dense(self.features, name="mlp_out")(nn.relu(z))
+
+
+def _layer_name(layer) -> str:
+    layer = getattr(layer, "func", layer)  # a functools.partial of a layer class
+    return {GCNLayer: "gcn", SAGELayer: "sage", GINLayer: "gin"}[layer]
+
+
+def _num_nodes(graph) -> int:
+    nodes = graph.nodes
+    return nodes.shape[0]
+
+
+#: Backbones other than GAT: ``model.name`` -> layer class. Each takes (features, aggregate, exponent).
+BACKBONE_LAYERS = {"gcn": GCNLayer, "sage": SAGELayer, "gin": GINLayer}
+
+
+class GNN(nn.Module):
+    """A node classifier of ``num_layers`` backbone layers (``layer``: GCNLayer, SAGELayer or
+    GINLayer): dropout before each layer, ReLU between them, ``num_classes`` outputs."""
+
+    layer: type
+    num_classes: int
+    hidden: int = 16
+    num_layers: int = 2
+    dropout: float = 0.5
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            graph = graph._replace(nodes=Dropout(self.dropout)(graph.nodes, deterministic=deterministic))
+            nodes = self.layer(self.num_classes if last else self.hidden, self.aggregate, self.exponent, name=f"{self.layer_name}_{i}")(
+                graph, deterministic=deterministic, alpha=alpha)
+            if last:
+                return nodes
+            graph = graph._replace(nodes=nn.relu(nodes))
+
+    @property
+    def layer_name(self) -> str:
+        return _layer_name(self.layer)
+
+
+class GraphGNN(nn.Module):
+    """A graph classifier: backbone layers (ReLU, dropout), a readout (a ``gaflax.pooling``
+    operator with its own ``ExponentSpec``), then an MLP; logits ``[G, num_classes]``."""
+
+    layer: type
+    num_classes: int
+    hidden: int = 64
+    num_layers: int = 3
+    dropout: float = 0.5
+    aggregate: Callable = pooling.weighted_sum
+    exponent: ExponentSpec | None = None
+    readout: Callable = pooling.weighted_sum
+    readout_exponent: ExponentSpec | None = None
+    mlp: Sequence[int] = (64,)
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jnp.ndarray:
+        n_graph = graph.n_node.shape[0]
+        node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=graph.nodes.shape[0])
+        name = _layer_name(self.layer)
+        for i in range(self.num_layers):
+            nodes = self.layer(self.hidden, self.aggregate, self.exponent, name=f"{name}_{i}")(graph, deterministic=deterministic)
+            graph = graph._replace(nodes=Dropout(self.dropout, name=f"dropout_{i}")(nn.relu(nodes),
+                                                                                   deterministic=deterministic))
+        return _readout_and_mlp(self, graph.nodes, node_graph, n_graph, self.readout, self.readout_exponent, self.mlp,
+                                self.dropout, self.num_classes, deterministic)
+
+
+def _readout_and_mlp(module, nodes, node_graph, n_graph, readout, readout_exponent, mlp, dropout, num_classes,
+                     deterministic):
+    alpha = None
+    if readout_exponent is not None:  # one "head" over the F pooled channels
+        alpha = Exponent(readout_exponent, parent=module, name="readout_exponent")(1, nodes.shape[-1])
+        alpha = alpha if alpha.ndim == 0 else alpha[0]
+        module.sow("intermediates", "readout_alpha", alpha)
+    pooled = aggregate_with_params(readout, module, nodes, node_graph, n_graph, alpha=alpha, name="readout_params")
+    for i, width in enumerate(mlp):
+        pooled = nn.elu(nn.Dense(width, parent=module, name=f"Dense_{i}")(pooled))
+        pooled = Dropout(dropout, parent=module, name=f"Dropout_{i}")(pooled, deterministic=deterministic)
+    return nn.Dense(num_classes, parent=module, name=f"Dense_{len(mlp)}")(pooled)
 
 
 class GAT(nn.Module):
@@ -301,17 +464,8 @@ class GraphGAT(nn.Module):
             nodes = GATLayer(self.hidden, self.heads, concat=True, options=self.layer, name=f"gat_{i}")(
                 graph, deterministic=deterministic)
             graph = graph._replace(nodes=nn.elu(nodes))
-        alpha = None
-        if self.readout_exponent is not None:  # one "head" over the F = heads * hidden pooled channels
-            alpha = Exponent(self.readout_exponent, name="readout_exponent")(1, graph.nodes.shape[-1])
-            alpha = alpha if alpha.ndim == 0 else alpha[0]
-            self.sow("intermediates", "readout_alpha", alpha)
-        pooled = aggregate_with_params(self.readout, self, graph.nodes, node_graph, n_graph, alpha=alpha,
-                                       name="readout_params")
-        for width in self.mlp:
-            pooled = nn.elu(nn.Dense(width)(pooled))
-            pooled = Dropout(self.layer.dropout)(pooled, deterministic=deterministic)
-        return nn.Dense(self.num_classes)(pooled)
+        return _readout_and_mlp(self, graph.nodes, node_graph, n_graph, self.readout, self.readout_exponent, self.mlp,
+                                self.layer.dropout, self.num_classes, deterministic)
 
 
 class MLP(nn.Module):
@@ -366,6 +520,20 @@ def _build_gat(config: Config, kind: str, num_classes: int) -> nn.Module:
                num_layers=m.num_layers, layer=layer_options(config))
 
 
+def _build_backbone(config: Config, kind: str, num_classes: int) -> nn.Module:
+    m = config.model
+    layer = BACKBONE_LAYERS[m.name]
+    if layer is GINLayer and not m.train_eps:
+        layer = functools.partial(GINLayer, train_eps=False)
+    aggregate, exponent = pooling.from_config(config.pool, "pool")
+    common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
+                  aggregate=aggregate, exponent=exponent)
+    if kind == "graph":
+        readout, readout_exponent = pooling.from_config(config.readout, "readout")
+        return GraphGNN(**common, readout=readout, readout_exponent=readout_exponent, mlp=tuple(m.mlp))
+    return GNN(**common)
+
+
 def _build_mlp(config: Config, kind: str, num_classes: int) -> nn.Module:
     m = config.model
     return MLP(num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout)
@@ -383,5 +551,8 @@ class ModelEntry:
 #: ``model.name`` -> entry; the config class of each is the ``gaflax.config.ModelConfig`` subclass of that name.
 MODELS: Registry[ModelEntry] = Registry("model", {
     "gat": ModelEntry(_build_gat, kinds=("node", "graph")),
+    "gcn": ModelEntry(_build_backbone, kinds=("node", "graph")),
+    "sage": ModelEntry(_build_backbone, kinds=("node", "graph")),
+    "gin": ModelEntry(_build_backbone, kinds=("node", "graph")),
     "mlp": ModelEntry(_build_mlp, kinds=("tabular",)),
 })

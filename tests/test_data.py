@@ -446,6 +446,13 @@ def test_synthetic_graph_level_and_classification():
     assert np.array_equal(again.labels, ds.labels)  # seeded
 
 
+@needs_data
+def test_an_option_a_loader_does_not_take_is_named():
+    """Before, debug=fast dataset=mutag passed synthetic's num_nodes to the TU loader: a raw TypeError."""
+    with pytest.raises(DatasetError, match=r"dataset 'MUTAG' does not take the option 'num_nodes' \(dataset.options.num_nodes\)"):
+        load("MUTAG", SHARED_DATA, num_nodes=200)
+
+
 def test_synthetic_bad_parameters():
     with pytest.raises(ValueError, match=r"alpha must lie in \[-1, 1\]"):
         load("synthetic", alpha=2.0)

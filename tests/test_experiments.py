@@ -56,7 +56,7 @@ def test_train_plus_pool_ga_debug_fast(tmp_path):
     tmp_path = tmp_path / "run"
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "synthetic / ga" in proc.stdout
-    assert "learned alphas at the best epoch" in proc.stdout and "head 1" in proc.stdout
+    assert "learned alphas at the best epoch" in proc.stdout and "head 7" in proc.stdout
     assert f"alpha trajectories: {tmp_path / 'alphas.png'}" in proc.stdout
     assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
     assert any(cache.glob("jit_train_step-*"))  # the entry point turned the cache on
@@ -64,7 +64,7 @@ def test_train_plus_pool_ga_debug_fast(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["seed"] == 3 and config["pool"]["learn"] is True and config["pool"]["scope"] == "head"
     assert config["pool"]["alpha"] == 0.5
-    assert len(results["alphas"]["gat_0"]) == 2  # debug=fast: two heads
+    assert len(results["alphas"]["gat_0"]) == 8  # one alpha per head
     assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "versions.json").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == results["epochs"]
 

@@ -195,7 +195,7 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
     ("readout", {"lr_mult": 0.0}, "readout.lr_mult=0.0 must be positive"),
     ("optimizer", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\] in 'optimizer'"),
     ("model", {"name": "mlp", "heads": 2}, r"unknown key\(s\) \['heads'\] in 'model'"),
-    ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['gat', 'mlp'\]"),
+    ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['gat', 'gcn', 'gin', 'mlp', 'sage'\]"),
     # Non-finite rates and wrong types (#21): before, inf trained to NaN and ended 'done', 'abc'
     # gave a TypeError about <=, and 1.5 a JAX shape error.
     ("optimizer", {"lr": float("inf")}, "optimizer.lr=inf must be positive and finite"),

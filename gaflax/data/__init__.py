@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Callable
 
 from gaflax.data._files import DatasetError, default_root
@@ -93,4 +94,11 @@ def load(name: str, root=None, **options):
     """
     entry = lookup(name)
     root = pathlib.Path(root).expanduser() if root is not None else default_root()
-    return entry.load(root, **options)
+    try:
+        return entry.load(root, **options)
+    except TypeError as err:  # an option this loader does not take (e.g. synthetic's left by debug=fast)
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if match is None:
+            raise
+        raise DatasetError(f"dataset {name!r} does not take the option {match.group(1)!r} "
+                           f"(dataset.options.{match.group(1)}); remove it") from None

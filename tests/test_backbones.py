@@ -1,0 +1,138 @@
+"""GCN, GraphSAGE and GIN: each layer with its default aggregator against a float64 NumPy
+reference of the published formula, and every backbone with every registered aggregator, on node
+and graph tasks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaflax import pooling
+from gaflax.compat import jraph
+from gaflax.config import Config
+from gaflax.models import GCNLayer, GINLayer, SAGELayer, add_self_loops, alphas_from_intermediates
+from gaflax.tasks import build_model, init_params, load_dataset, node_inputs, run_keys
+from gaflax.train import train_and_evaluate
+from tests.test_models import DISTINCT
+
+
+def _graph(seed=0, n=9, features=5):
+    rng = np.random.default_rng(seed)
+    pairs = {(int(a), int(b)) for a, b in rng.integers(0, n - 1, (14, 2)) if a != b}  # node n-1: isolated
+    senders = np.array([a for a, b in pairs] + [b for a, b in pairs], np.int32)
+    receivers = np.array([b for a, b in pairs] + [a for a, b in pairs], np.int32)
+    nodes = rng.normal(size=(n, features))
+    return jraph.GraphsTuple(nodes=jnp.asarray(nodes), edges=None, senders=jnp.asarray(senders),
+                             receivers=jnp.asarray(receivers), n_node=jnp.array([n]), n_edge=jnp.array([len(senders)]),
+                             globals=None)
+
+
+def _adjacency(graph):
+    n = graph.nodes.shape[0]
+    a = np.zeros((n, n))
+    np.add.at(a, (np.asarray(graph.receivers), np.asarray(graph.senders)), 1.0)  # a[i, j]: j -> i
+    return a
+
+
+def test_gcn_layer_is_the_normalised_propagation(x64):
+    graph = add_self_loops(_graph())
+    layer = GCNLayer(4)
+    params = layer.init(jax.random.key(0), graph)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a non-zero bias
+    out = np.asarray(layer.apply(params, graph))
+    a = _adjacency(graph)  # includes I
+    d = a.sum(1)
+    w = np.asarray(params["params"]["proj"]["kernel"])
+    b = np.asarray(params["params"]["bias"])
+    expected = (a / np.sqrt(np.outer(d, d))) @ np.asarray(graph.nodes) @ w + b
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_sage_layer_is_root_plus_neighbour_mean(x64):
+    graph = _graph(1)
+    layer = SAGELayer(4)
+    params = layer.init(jax.random.key(1), graph)
+    out = np.asarray(layer.apply(params, graph))
+    a = _adjacency(graph)
+    mean = np.divide(a, np.maximum(a.sum(1, keepdims=True), 1)) @ np.asarray(graph.nodes)  # isolated node: 0
+    p = params["params"]
+    expected = (np.asarray(graph.nodes) @ np.asarray(p["proj_root"]["kernel"]) + np.asarray(p["proj_root"]["bias"])
+                + mean @ np.asarray(p["proj_neighbours"]["kernel"]))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gin_layer_is_mlp_of_eps_self_plus_neighbour_sum(x64):
+    graph = _graph(2)
+    layer = GINLayer(4)
+    params = layer.init(jax.random.key(2), graph)
+    params["params"]["eps"] = jnp.asarray(0.3)
+    out = np.asarray(layer.apply(params, graph))
+    a = _adjacency(graph)
+    p = params["params"]
+    x = np.asarray(graph.nodes)
+    hidden = np.maximum((1.3 * x + a @ x) @ np.asarray(p["proj"]["kernel"]) + np.asarray(p["bias"]), 0)
+    expected = hidden @ np.asarray(p["mlp_out"]["kernel"]) + np.asarray(p["mlp_out"]["bias"])
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    # eps is learned: its gradient reaches it.
+    g = jax.grad(lambda q: jnp.sum(layer.apply(q, graph) ** 2))(params)
+    assert float(g["params"]["eps"]) != 0
+
+
+# Every aggregator in GCN (whose edge weights are not uniform); in SAGE and GIN, one of each kind:
+# the default, one with an exponent, one with its own parameters, one that ignores weights.
+CASES = [("gcn", name) for name in DISTINCT] + [(backbone, name) for backbone in ("sage", "gin")
+                                                for name in ("weighted_sum", "ga", "powermean", "max")]
+
+
+@pytest.mark.parametrize("backbone, aggregator", CASES)
+def test_every_backbone_takes_every_aggregator(backbone, aggregator):
+    """A node model with each registered aggregator (GA learned per head where it has an
+    exponent): finite logits and gradients for every parameter, with the learned ones created
+    per layer and reported."""
+    pool = {"name": aggregator}
+    if pooling.AGGREGATORS[aggregator].takes_exponent:
+        pool |= {"learn": True, "scope": "head"}
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
+                               "model": {"name": backbone, "hidden": 4}, "pool": pool})
+    ds = load_dataset(config)
+    model = build_model(config, ds)
+    inputs = node_inputs(config, ds)[0]
+    params = init_params(model, *run_keys(0), inputs)
+
+    @jax.jit
+    def loss_and_grads(params):
+        def loss(params):
+            logits, state = model.apply({"params": params}, inputs, deterministic=False,
+                                        rngs={"dropout": jax.random.key(1)}, mutable=["intermediates"])
+            return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), state.get("intermediates", {})
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (value, intermediates), grads = loss_and_grads(params)
+    assert np.isfinite(float(value))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    learned = set(alphas_from_intermediates(intermediates))
+    if pooling.AGGREGATORS[aggregator].takes_exponent:
+        assert {f"{backbone}_0", f"{backbone}_1"} <= learned
+    for spec in pooling.AGGREGATORS[aggregator].params:
+        assert f"{backbone}_0/{spec.name}" in learned
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gin"])
+def test_backbones_train_nodes_end_to_end(backbone, tmp_path):
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 60, "task": "classification"}},
+                               "model": {"name": backbone, "hidden": 4, "num_layers": 2},
+                               "pool": {"name": "ga", "learn": True, "scope": "head"},
+                               "trainer": {"max_epochs": 3, "progress": False}})
+    results = train_and_evaluate(config, tmp_path)
+    assert results["epochs"] == 3 and set(results["alphas"]) == {f"{backbone}_0", f"{backbone}_1"}
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gin"])
+def test_backbones_classify_graphs_with_a_learned_readout(backbone, tmp_path):
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 40,
+                                                                            "task": "classification"}},
+                               "model": {"name": backbone, "hidden": 8, "num_layers": 2},
+                               "readout": {"name": "ga", "learn": True, "scope": "channel"},
+                               "trainer": {"max_epochs": 2, "progress": False}})
+    results = train_and_evaluate(config, tmp_path)
+    assert results["epochs"] == 2 and len(results["alphas"]["readout_alpha"]) == 8
