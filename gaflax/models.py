@@ -62,21 +62,29 @@ class AggregatorParams(nn.Module):
 
     @nn.compact
     def __call__(self, channel_shape: tuple) -> dict:
+        heads, channels = (1, *channel_shape) if len(channel_shape) == 1 else channel_shape
         values = {}
         for spec in self.specs:
-            values[spec.name] = self.param(spec.name, nn.initializers.constant(spec.init), tuple(channel_shape),
-                                           jnp.float32)
-            self.sow("intermediates", spec.name, values[spec.name])
+            shape = tuple(channel_shape) if spec.shape is None else spec.shape(heads, channels)
+            init = nn.initializers.constant(spec.init) if isinstance(spec.init, (int, float)) else spec.init
+            values[spec.name] = self.param(spec.name, init, shape, jnp.float32)
+            if spec.report:
+                self.sow("intermediates", spec.name, values[spec.name])
         return values
 
 
 def aggregate_with_params(aggregate, module: nn.Module, messages, segment_ids, num_segments, *, weights=None,
                           alpha=None, name="aggregator_params"):
-    """Call ``aggregate``, creating its learnable parameters (if its specs name some) in ``module``."""
+    """Call ``aggregate``, creating its learnable parameters (if its specs name some) in ``module``:
+    those without weight decay under ``name``, weight matrices under ``name`` with ``weights``."""
     specs = getattr(aggregate, "params", ())
     if not specs:
         return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha)
-    params = AggregatorParams(specs, parent=module, name=name)(messages.shape[1:])
+    params = {}
+    for decayed, module_name in ((False, name), (True, name.replace("params", "weights"))):
+        chosen = tuple(spec for spec in specs if spec.decay == decayed)
+        if chosen:
+            params |= AggregatorParams(chosen, parent=module, name=module_name)(messages.shape[1:])
     return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params)
 
 
@@ -500,49 +508,49 @@ def alphas_from_intermediates(intermediates) -> dict:
     return out
 
 
-def layer_options(config: Config) -> LayerOptions:
+def layer_options(config: Config, data_stats: dict | None = None) -> LayerOptions:
     """The GAT layers' options from ``config.model`` (a GATConfig) and ``config.pool``."""
     m = config.model
-    aggregate, exponent = pooling.from_config(config.pool, "pool")
+    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
                         attention_dropout=m.attention_dropout, attention=m.attention,
                         aggregate_first=m.aggregate_first)
 
 
-def _build_gat(config: Config, kind: str, num_classes: int) -> nn.Module:
+def _build_gat(config: Config, kind: str, num_classes: int, data_stats: dict | None = None) -> nn.Module:
     m = config.model
     if kind == "graph":
-        readout, readout_exponent = pooling.from_config(config.readout, "readout")
+        readout, readout_exponent = pooling.from_config(config.readout, "readout", (data_stats or {}).get("readout"))
         return GraphGAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, num_layers=m.num_layers,
                         readout=readout, readout_exponent=readout_exponent, mlp=tuple(m.mlp),
-                        layer=layer_options(config))
+                        layer=layer_options(config, data_stats))
     return GAT(num_classes=num_classes, hidden=m.hidden, heads=m.heads, out_heads=m.out_heads,
-               num_layers=m.num_layers, layer=layer_options(config))
+               num_layers=m.num_layers, layer=layer_options(config, data_stats))
 
 
-def _build_backbone(config: Config, kind: str, num_classes: int) -> nn.Module:
+def _build_backbone(config: Config, kind: str, num_classes: int, data_stats: dict | None = None) -> nn.Module:
     m = config.model
     layer = BACKBONE_LAYERS[m.name]
     if layer is GINLayer and not m.train_eps:
         layer = functools.partial(GINLayer, train_eps=False)
-    aggregate, exponent = pooling.from_config(config.pool, "pool")
+    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
                   aggregate=aggregate, exponent=exponent)
     if kind == "graph":
-        readout, readout_exponent = pooling.from_config(config.readout, "readout")
+        readout, readout_exponent = pooling.from_config(config.readout, "readout", (data_stats or {}).get("readout"))
         return GraphGNN(**common, readout=readout, readout_exponent=readout_exponent, mlp=tuple(m.mlp))
     return GNN(**common)
 
 
-def _build_mlp(config: Config, kind: str, num_classes: int) -> nn.Module:
+def _build_mlp(config: Config, kind: str, num_classes: int, data_stats: dict | None = None) -> nn.Module:
     m = config.model
     return MLP(num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: ``build(config, kind, num_classes)`` -> a flax module for a dataset of
-    ``kind`` (one of ``kinds``)."""
+    """A registered model: ``build(config, kind, num_classes, data_stats)`` -> a flax module for a
+    dataset of ``kind`` (one of ``kinds``); ``data_stats`` as ``gaflax.tasks.degree_stats``."""
 
     build: Callable[[Config, str, int], nn.Module]
     kinds: tuple[str, ...]

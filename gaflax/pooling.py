@@ -197,12 +197,54 @@ def std(messages, segment_ids, num_segments, weights=None, alpha=None):
     return jnp.where(out <= STD_VAR_FLOOR ** 0.5, 0, out)
 
 
+#: PNA's aggregators and degree scalers (Corso et al. 2020), in the order of the mixing map's input.
+PNA_AGGREGATORS = ("mean", "min", "max", "std")
+PNA_SCALERS = ("identity", "amplification", "attenuation")
+
+
+def _with_heads(messages):
+    """``[E, H, C]`` as is; ``[E, F]`` (a readout) as ``[E, 1, F]``."""
+    return messages if messages.ndim == 3 else messages[:, None, :]
+
+
+def pna(messages, segment_ids, num_segments, weights=None, alpha=None, params=None, delta=1.0):
+    """Principal Neighbourhood Aggregation (Corso et al., NeurIPS 2020), as PyG's
+    ``DegreeScalerAggregation`` with a linear map after it:
+
+        out_i = W [S(d_i) (x) A(x_j, j in N(i))] + b,
+
+    with the aggregators A = mean, min, max and std (std as ``std`` here: sqrt(max(var, 1e-5)))
+    and the scalers S = identity, amplification log(d + 1) / delta and attenuation
+    delta / log(d + 1), d the in-degree (at least 1, as in PyG) and ``delta`` the mean of
+    log(d + 1) over the training graphs' nodes (``gaflax.tasks.degree_stats``). W ``[H, 12 C, C]``
+    mixes the 12 results of each channel per head (``params["mix"]``, ``params["mix_bias"]``).
+    Empty segments give 0. Attention weights are ignored.
+    """
+    x = _with_heads(messages)
+    count = _count(x, segment_ids, num_segments)  # [N, 1, 1]
+    parts = [mean(x, segment_ids, num_segments), minimum(x, segment_ids, num_segments),
+             maximum(x, segment_ids, num_segments), std(x, segment_ids, num_segments)]
+    stacked = jnp.concatenate(parts, axis=-1)  # [N, H, 4 C]
+    log_degree = jnp.log(jnp.maximum(count, 1) + 1)
+    scaled = jnp.concatenate([stacked, stacked * (log_degree / delta), stacked * (delta / log_degree)], axis=-1)
+    out = jnp.einsum("nhk,hkc->nhc", scaled, params["mix"]) + params["mix_bias"][None]
+    out = jnp.where(count > 0, out, 0)
+    return out if messages.ndim == 3 else out[:, 0, :]
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """A learnable parameter of an aggregator, one value per channel, starting at ``init``."""
+    """A learnable parameter of an aggregator. By default one value per channel (the messages'
+    channel shape), starting at the float ``init``. ``shape(heads, channels)`` gives another
+    shape (a readout's ``[F]`` counts as one head of F channels), and ``init`` may then be a flax
+    initializer. ``decay``: it gets the optimizer's weight decay (a weight matrix); ``report``:
+    its value is reported with the alphas (scalars per channel, not matrices)."""
 
     name: str
-    init: float
+    init: float | Callable = 1.0
+    shape: Callable | None = None
+    decay: bool = False
+    report: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,11 +275,25 @@ class Bound:
     params: tuple[ParamSpec, ...] = ()
 
     def __call__(self, messages, segment_ids, num_segments, weights=None, alpha=None, params=None):
-        """``params``: {name: value per channel}; None gives every parameter its initial value."""
+        """``params``: {name: value}; None gives every parameter its initial value
+        (``initial_params`` with key 0)."""
         if self.params and params is None:
-            params = {spec.name: spec.init for spec in self.params}
+            params = self.initial_params(jax.random.key(0), messages.shape[1:])
         extra = {"params": params} if self.params else {}
         return self.fn(messages, segment_ids, num_segments, weights=weights, alpha=alpha, **extra)
+
+    def initial_params(self, key, channel_shape: tuple) -> dict:
+        """The parameters' initial values for messages with channel shape ``[H, C]`` (or ``[F]``),
+        as ``gaflax.models.AggregatorParams`` creates them."""
+        heads, channels = (1, *channel_shape) if len(channel_shape) == 1 else channel_shape
+        out = {}
+        for i, spec in enumerate(self.params):
+            shape = tuple(channel_shape) if spec.shape is None else spec.shape(heads, channels)
+            if isinstance(spec.init, (int, float)):
+                out[spec.name] = jnp.full(shape, spec.init, jnp.float32)
+            else:
+                out[spec.name] = spec.init(jax.random.fold_in(key, i), shape, jnp.float32)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +320,11 @@ AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
     "softmax_learned": Aggregator(softmax_learned, params=(ParamSpec("t", 1.0),)),
     "var": Aggregator(var),
     "std": Aggregator(std),
+    "pna": Aggregator(pna, options=("delta",), params=(
+        ParamSpec("mix", jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)),
+                  shape=lambda heads, channels: (heads, len(PNA_AGGREGATORS) * len(PNA_SCALERS) * channels, channels),
+                  decay=True, report=False),
+        ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
 })
 
 
@@ -282,7 +343,9 @@ def make(name: str, *, alpha: float = 0.5, learn: bool = False, scope: str = "la
     return Bound(fn, entry.params), exponent
 
 
-def from_config(pool: PoolConfig, key: str) -> tuple[Bound, ExponentSpec | None]:
-    """``make`` for a ``pool`` or ``readout`` config section (``key`` names it in errors)."""
+def from_config(pool: PoolConfig, key: str, data_stats: dict | None = None) -> tuple[Bound, ExponentSpec | None]:
+    """``make`` for a ``pool`` or ``readout`` config section (``key`` names it in errors).
+    ``data_stats``: statistics of the training data that some operators take as options (PNA's
+    ``delta``; see ``gaflax.tasks.degree_stats``)."""
     return make(pool.name, alpha=pool.alpha, learn=pool.learn, scope=pool.scope, lr_mult=pool.lr_mult,
-                positive=pool.positive, key=key)
+                positive=pool.positive, key=key, **(data_stats or {}))

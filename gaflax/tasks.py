@@ -37,13 +37,32 @@ from gaflax.registry import Registry
 SPARSE_BELOW = 0.1
 
 
-def build_model(config: Config, ds):
-    """The flax module of ``config.model`` for this dataset (its kind and number of classes)."""
-    return MODELS.lookup(config.model.name, "model.name").build(config, ds.kind, ds.num_classes)
+def degree_stats(config: Config, ds, train_indices=None) -> dict:
+    """Statistics of the training graphs that some aggregators take as options, per config section
+    (``{"pool": {...}, "readout": {...}}``): PNA's ``delta``, the mean of log(d + 1) where d is a
+    node's in-degree (self-loops counted when the model adds them) for ``pool``, and a graph's
+    number of nodes for ``readout``. A node task's graph is its training graph (transductive); a
+    graph task passes its training fold's ``train_indices``. Only computed for PNA."""
+    if ds.kind == "tabular" or "pna" not in (config.pool.name, config.readout.name):
+        return {}
+    graphs = [ds.graph] if ds.kind == "node" else [ds[i] for i in (range(len(ds)) if train_indices is None
+                                                                      else train_indices)]
+    loops = 1 if getattr(config.model, "add_self_loops", False) else 0
+    degrees = np.concatenate([np.bincount(np.asarray(g.receivers), minlength=g.nodes.shape[0]) + loops for g in graphs])
+    sizes = np.array([g.nodes.shape[0] for g in graphs])
+    return {"pool": {"delta": float(np.mean(np.log(degrees + 1)))},
+            "readout": {"delta": float(np.mean(np.log(sizes + 1)))}}
+
+
+def build_model(config: Config, ds, train_indices=None):
+    """The flax module of ``config.model`` for this dataset (its kind and number of classes, and
+    the training graphs' ``degree_stats``)."""
+    stats = degree_stats(config, ds, train_indices)
+    return MODELS.lookup(config.model.name, "model.name").build(config, ds.kind, ds.num_classes, stats)
 
 
 #: Parameters without weight decay: the GA exponents and the aggregators' own parameters (p, t).
-UNDECAYED = ("alpha_theta", "aggregator_params", "readout_params")
+UNDECAYED = ("alpha_theta", "aggregator_params", "readout_params")  # (aggregator_weights are decayed)
 
 
 def make_optimizer(config: Config, params):
@@ -216,7 +235,7 @@ class GraphTask(Task):
         self.batch_size = config.trainer.batch_size
         self.indices = dict(zip(SPLITS, ds.folds(seed=config.seed)[config.trainer.fold]))
         self.budgets = gdata.budgets_for(ds, self.batch_size)
-        self.model = build_model(config, ds)
+        self.model = build_model(config, ds, self.indices["train"])
         self.add_loops = getattr(config.model, "add_self_loops", False)
         first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
                                                          self.batch_size, self.budgets)))

@@ -232,3 +232,95 @@ def test_rivals_equal_pyg_values_and_gradients(name):
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=2e-4, atol=2e-5)
     if param_name:
         np.testing.assert_allclose(gq, getattr(module, param_name).grad.numpy(), rtol=2e-4, atol=2e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# PNA
+# ---------------------------------------------------------------------------------------------
+def np_pna(rows, delta, mix, bias):
+    """One segment of PNA for [n, H, C] rows: 4 aggregators x 3 scalers, mixed per head."""
+    if len(rows) == 0:
+        return np.zeros(mix.shape[::2])
+    parts = np.concatenate([rows.mean(0), rows.min(0), rows.max(0), np_std(rows)], axis=-1)  # [H, 4C]
+    log_d = np.log(len(rows) + 1)
+    scaled = np.concatenate([parts, parts * log_d / delta, parts * delta / log_d], axis=-1)  # [H, 12C]
+    return np.einsum("hk,hkc->hc", scaled, mix) + bias
+
+
+def test_pna_matches_the_float64_formula(x64):
+    pool, _ = pooling.make("pna", delta=1.7)
+    x, ids, segments, _ = _case(5)
+    params = {k: v.astype(jnp.float64) for k, v in pool.initial_params(jax.random.key(3), (2, 3)).items()}
+    params["mix_bias"] = params["mix_bias"] + 0.25
+    assert params["mix"].shape == (2, 36, 3)
+    out = np.asarray(pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params))
+    for s in range(segments):
+        expected = np_pna(x[ids == s], 1.7, np.asarray(params["mix"]), np.asarray(params["mix_bias"]))
+        np.testing.assert_allclose(out[s], expected, rtol=1e-12, atol=1e-12, err_msg=f"segment {s}")
+    np.testing.assert_array_equal(out[segments - 1], 0)  # empty: 0, not the bias
+    # The mixing map's gradient (the messages' goes through min / max, checked against PyG below).
+    check_grads(lambda m: pool(jnp.asarray(x), jnp.asarray(ids), segments, params={"mix": m, "mix_bias": params["mix_bias"]}),
+                (params["mix"],), order=1, modes=("fwd", "rev"))
+
+
+def test_pna_delta_comes_from_the_training_graphs():
+    """delta is the mean log(d + 1) over the training graph's nodes (self-loops counted when the
+    model adds them); a readout's is over the training graphs' sizes."""
+    from gaflax.tasks import degree_stats
+
+    node = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 50, "task": "classification"}},
+                             "pool": {"name": "pna"}})
+    ds = load_dataset(node)
+    degrees = np.bincount(np.asarray(ds.graph.receivers), minlength=50)
+    stats = degree_stats(node, ds)
+    assert stats["pool"]["delta"] == pytest.approx(np.mean(np.log(degrees + 2)))  # GAT adds self-loops
+    graph = Config.from_dict({"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 12,
+                                                                           "task": "classification"}},
+                              "model": {"name": "gin"}, "readout": {"name": "pna"}})
+    gds = load_dataset(graph)
+    train = np.array([0, 3, 5])
+    stats = degree_stats(graph, gds, train)
+    assert stats["readout"]["delta"] == pytest.approx(np.mean([np.log(gds[i].nodes.shape[0] + 1) for i in train]))
+    assert degree_stats(Config(), ds) == {}  # only for PNA
+
+
+@needs_pyg
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_pna_equals_pyg_degree_scaler_aggregation():
+    """PyG's DegreeScalerAggregation(['mean', 'min', 'max', 'std'], ['identity', 'amplification',
+    'attenuation'], deg) followed by the same linear map: equal values and message gradients."""
+    import torch
+    from torch_geometric.nn.aggr import DegreeScalerAggregation
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    ids = np.sort(np.concatenate([np.arange(9), rng.integers(0, 9, 41)])).astype(np.int64)
+    histogram = np.bincount(np.bincount(ids, minlength=9))
+    delta = float(np.sum(np.log(np.arange(len(histogram)) + 1) * histogram) / histogram.sum())
+    module = DegreeScalerAggregation(["mean", "min", "max", "std"], ["identity", "amplification", "attenuation"],
+                                     torch.tensor(histogram))
+    mix = rng.normal(size=(48, 4)).astype(np.float32) * 0.2
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = module(xt, torch.tensor(ids), dim_size=9) @ torch.tensor(mix)
+    out_t.sum().backward()
+
+    pool, _ = pooling.make("pna", delta=delta)
+    params = {"mix": jnp.asarray(mix)[None], "mix_bias": jnp.zeros((1, 4))}
+    out = pool(jnp.asarray(x), jnp.asarray(ids, jnp.int32), 9, params=params)
+    grad = jax.grad(lambda v: jnp.sum(pool(v, jnp.asarray(ids, jnp.int32), 9, params=params)))(jnp.asarray(x))
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=2e-4, atol=2e-5)
+
+
+def test_pna_mixing_map_is_a_decayed_weight():
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
+                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "pna"},
+                               "optimizer": {"weight_decay": 1.0}})
+    ds = load_dataset(config)
+    params = init_params(build_model(config, ds), *run_keys(0), node_inputs(config, ds)[0])
+    weights = params["gcn_0"]["aggregator_weights"]
+    assert weights["mix"].shape == (1, 48, 4) and "aggregator_params" not in params["gcn_0"]
+    tx = make_optimizer(config, params)
+    updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
+    assert bool(jnp.all(updates["gcn_0"]["aggregator_weights"]["mix"] != 0))
