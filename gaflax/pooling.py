@@ -232,6 +232,43 @@ def pna(messages, segment_ids, num_segments, weights=None, alpha=None, params=No
     return out if messages.ndim == 3 else out[:, 0, :]
 
 
+#: LAF units per channel, and the clamp of LAF's inputs and sums (the reference implementation's eps).
+LAF_UNITS = 4
+LAF_EPS = 1e-7
+
+
+def laf(messages, segment_ids, num_segments, weights=None, alpha=None, params=None):
+    """Learning Aggregation Functions (Pellegrini et al., IJCAI 2021), LAF units with a linear
+    layer after them, as the authors' ``LAFLayer``:
+
+        LAF(x) = (alpha L_{a,b}(x) + beta L_{c,d}(1 - x)) / (gamma L_{e,f}(x) + delta L_{g,h}(1 - x)),
+        L_{r,s}(x) = (sum_i x_i^s)^r,
+
+    on ``x = clip(sigmoid(m), eps, 1 - eps)`` (LAF is defined on [0, 1]), with each sum clamped
+    below at eps, the exponents a..h through a ReLU, and a denominator within eps of 0 replaced by
+    +-eps. ``params["laf"]`` ``[12, H, C, U]`` holds (b, d, f, h, a, c, e, g, alpha, beta, gamma,
+    delta) for ``U = LAF_UNITS`` units per channel (standard normal at the start, as the authors'
+    default); ``params["mix"]`` ``[H, C U, C]`` and ``params["mix_bias"]`` map the units back to
+    the channels. Empty segments give 0. Attention weights are ignored.
+    """
+    x = _with_heads(messages)
+    count = _count(x, segment_ids, num_segments)
+    x = jnp.clip(jax.nn.sigmoid(x), LAF_EPS, 1 - LAF_EPS)[..., None]  # [E, H, C, 1]
+    w = params["laf"]
+    bases = (x, 1 - x, x, 1 - x)
+    terms = []
+    for k, base in enumerate(bases):
+        total = jnp.maximum(_sum(base ** jax.nn.relu(w[k])[None], segment_ids, num_segments), LAF_EPS)  # [N, H, C, U]
+        terms.append(total ** jax.nn.relu(w[4 + k])[None] * w[8 + k][None])
+    numerator, denominator = terms[0] + terms[1], terms[2] + terms[3]
+    sign = jnp.where(denominator > 0, 1.0, -1.0)
+    denominator = jnp.where(jnp.abs(denominator) < LAF_EPS, sign * LAF_EPS, denominator)
+    units = (numerator / denominator).reshape(*count.shape[:1], x.shape[1], -1)  # [N, H, C U]
+    out = jnp.einsum("nhk,hkc->nhc", units, params["mix"]) + params["mix_bias"][None]
+    out = jnp.where(count > 0, out, 0)
+    return out if messages.ndim == 3 else out[:, 0, :]
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """A learnable parameter of an aggregator. By default one value per channel (the messages'
@@ -324,6 +361,12 @@ AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
         ParamSpec("mix", jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)),
                   shape=lambda heads, channels: (heads, len(PNA_AGGREGATORS) * len(PNA_SCALERS) * channels, channels),
                   decay=True, report=False),
+        ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
+    "laf": Aggregator(laf, params=(
+        ParamSpec("laf", jax.nn.initializers.normal(1.0), shape=lambda heads, channels: (12, heads, channels, LAF_UNITS),
+                  report=False),
+        ParamSpec("mix", jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)),
+                  shape=lambda heads, channels: (heads, LAF_UNITS * channels, channels), decay=True, report=False),
         ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
 })
 

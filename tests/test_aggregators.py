@@ -324,3 +324,52 @@ def test_pna_mixing_map_is_a_decayed_weight():
     tx = make_optimizer(config, params)
     updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
     assert bool(jnp.all(updates["gcn_0"]["aggregator_weights"]["mix"] != 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# LAF
+# ---------------------------------------------------------------------------------------------
+def np_laf(rows, w, eps=1e-7):
+    """One segment of LAF units for [n, H, C] rows, w [12, H, C, U] -> [H, C, U]."""
+    x = np.clip(1 / (1 + np.exp(-rows)), eps, 1 - eps)[..., None]
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    terms = []
+    for k, base in enumerate((x, 1 - x, x, 1 - x)):
+        total = np.maximum(np.sum(base ** relu(w[k]), axis=0), eps)
+        terms.append(total ** relu(w[4 + k]) * w[8 + k])
+    num, den = terms[0] + terms[1], terms[2] + terms[3]
+    den = np.where(np.abs(den) < eps, np.where(den > 0, 1.0, -1.0) * eps, den)
+    return num / den
+
+
+def test_laf_matches_the_float64_formula(x64):
+    pool, _ = pooling.make("laf")
+    x, ids, segments, _ = _case(9)
+    x = x / 50  # inside the sigmoid's range
+    params = {k: v.astype(jnp.float64) for k, v in pool.initial_params(jax.random.key(5), (2, 3)).items()}
+    out = np.asarray(pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params))
+    mix = np.asarray(params["mix"])
+    for s in range(segments - 1):
+        units = np_laf(x[ids == s], np.asarray(params["laf"]))  # [H, C, U]
+        expected = np.einsum("hk,hkc->hc", units.reshape(2, -1), mix) + np.asarray(params["mix_bias"])
+        np.testing.assert_allclose(out[s], expected, rtol=1e-10, atol=1e-10, err_msg=f"segment {s}")
+    np.testing.assert_array_equal(out[segments - 1], 0)
+
+
+def test_laf_can_be_the_mean(x64):
+    """The paper's table: mean = L_{1,1}(x) / L_{1,0}(x) (alpha = gamma = 1, a = b = e = 1, f = 0)."""
+    pool, _ = pooling.make("laf")
+    x, ids, segments, _ = _case(10)
+    units = pooling.LAF_UNITS
+    w = np.zeros((12, 2, 3, units))
+    w[0] = w[4] = 1  # b, a
+    w[6] = 1  # e (f = w[2] = 0)
+    w[8] = w[10] = 1  # alpha, gamma
+    mix = np.zeros((2, 3 * units, 3))
+    for c in range(3):
+        mix[:, c * units:(c + 1) * units, c] = 1 / units
+    out = pool(jnp.asarray(x), jnp.asarray(ids), segments,
+               params={"laf": jnp.asarray(w), "mix": jnp.asarray(mix), "mix_bias": jnp.zeros((2, 3))})
+    for s in range(segments - 1):
+        expected = np.mean(np.clip(1 / (1 + np.exp(-x[ids == s])), 1e-7, 1 - 1e-7), axis=0)
+        np.testing.assert_allclose(out[s], expected, rtol=1e-9)
