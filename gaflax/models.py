@@ -85,6 +85,11 @@ def aggregate_with_params(aggregate, module: nn.Module, messages, segment_ids, n
         chosen = tuple(spec for spec in specs if spec.decay == decayed)
         if chosen:
             params |= AggregatorParams(chosen, parent=module, name=module_name)(messages.shape[1:])
+    if getattr(aggregate, "aux_loss", False):  # GenAgg's inverse-reconstruction loss joins the objective
+        out, aux = aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params,
+                             with_aux=True)
+        module.sow("losses", name.replace("params", "loss"), aux)
+        return out
     return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params)
 
 

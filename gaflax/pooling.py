@@ -269,6 +269,66 @@ def laf(messages, segment_ids, num_segments, weights=None, alpha=None, params=No
     return out if messages.ndim == 3 else out[:, 0, :]
 
 
+#: GenAgg's f: R -> R^4 and its learned inverse R^4 -> R, MLPs of these widths (the authors' default).
+GENAGG_WIDTHS = (1, 2, 2, 4)
+
+
+def _mish(x):
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+def _mlp(params, prefix, x, widths):
+    """``x [..., widths[0]] -> [..., widths[-1]]``: Linear layers with Mish between them."""
+    for i in range(len(widths) - 1):
+        bias = params[f"{prefix}{i}_bias"]
+        x = x @ params[f"{prefix}{i}_kernel"] + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
+        if i < len(widths) - 2:
+            x = _mish(x)
+    return x
+
+
+def genagg(messages, segment_ids, num_segments, weights=None, alpha=None, params=None, with_aux=False):
+    """GenAgg (Kortvelesy, Morad & Prorok, NeurIPS 2023), as the authors' ``genagg`` package:
+
+        out_i = f^-1( n_i^a * mean_j f(x_j - b * mean_j x_j) ),
+
+    with f: R -> R^4 an MLP (widths ``GENAGG_WIDTHS``, Mish) applied to every channel of every
+    message, f^-1 a second MLP (R^4 -> R) trained to invert it, and a, b learned in [0, 1]
+    (clipped; both start at 0, where GenAgg is the f-mean). The authors add the inverse-
+    reconstruction loss ``mean((|x| - |f^-1(f(x))|)^2)`` to training; with ``with_aux=True`` this
+    returns ``(out, loss)`` and the layers add the loss to the objective (``sow('losses')``).
+    Differences from the package: no batch normalisation inside f (it would make the aggregator
+    stateful); a and b are clipped to [0, 1] as the paper states. Empty segments give 0.
+    Attention weights are ignored.
+    """
+    a = jnp.clip(params["a"], 0, 1)
+    b = jnp.clip(params["b"], 0, 1)
+    count = _count(messages, segment_ids, num_segments)
+    x = messages - b * mean(messages, segment_ids, num_segments)[segment_ids]
+    widths = GENAGG_WIDTHS
+    encoded = _mlp(params, "f", x[..., None], widths)  # [E, ..., 4]
+    averaged = _sum(encoded, segment_ids, num_segments) / jnp.maximum(count, 1)[..., None]
+    scaled = averaged * jnp.maximum(count, 1)[..., None] ** a
+    out = _mlp(params, "f_inverse", scaled, widths[::-1])[..., 0]
+    out = jnp.where(count > 0, out, 0)
+    if not with_aux:
+        return out
+    reconstructed = _mlp(params, "f_inverse", encoded, widths[::-1])[..., 0]
+    return out, jnp.mean((jnp.abs(x) - jnp.abs(reconstructed)) ** 2)
+
+
+def _genagg_specs():
+    specs = [ParamSpec("a", 0.0, shape=lambda heads, channels: ()), ParamSpec("b", 0.0, shape=lambda heads, channels: ())]
+    for prefix, widths in (("f", GENAGG_WIDTHS), ("f_inverse", GENAGG_WIDTHS[::-1])):
+        for i in range(len(widths) - 1):
+            shape_in, shape_out = widths[i], widths[i + 1]
+            specs.append(ParamSpec(f"{prefix}{i}_kernel", jax.nn.initializers.he_normal(),
+                                   shape=lambda heads, channels, n=shape_in, m=shape_out: (n, m), decay=True, report=False))
+            specs.append(ParamSpec(f"{prefix}{i}_bias", 0.0, shape=lambda heads, channels, m=shape_out: (m,),
+                                   decay=True, report=False))
+    return tuple(specs)
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """A learnable parameter of an aggregator. By default one value per channel (the messages'
@@ -301,6 +361,7 @@ class Aggregator:
     uses_weights: bool = False
     options: tuple[str, ...] = ()
     params: tuple[ParamSpec, ...] = ()
+    aux_loss: bool = False  # fn(..., with_aux=True) -> (out, a loss the layers add to the objective)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,13 +371,20 @@ class Bound:
 
     fn: Callable
     params: tuple[ParamSpec, ...] = ()
+    aux_loss: bool = False
 
-    def __call__(self, messages, segment_ids, num_segments, weights=None, alpha=None, params=None):
+    def __call__(self, messages, segment_ids, num_segments, weights=None, alpha=None, params=None, with_aux=False):
         """``params``: {name: value}; None gives every parameter its initial value
-        (``initial_params`` with key 0)."""
+        (``initial_params`` with key 0). ``with_aux``: also return the operator's auxiliary loss
+        (0 for operators without one)."""
         if self.params and params is None:
             params = self.initial_params(jax.random.key(0), messages.shape[1:])
         extra = {"params": params} if self.params else {}
+        if self.aux_loss:
+            out = self.fn(messages, segment_ids, num_segments, weights=weights, alpha=alpha, with_aux=with_aux, **extra)
+            return out
+        if with_aux:
+            return self.fn(messages, segment_ids, num_segments, weights=weights, alpha=alpha, **extra), 0.0
         return self.fn(messages, segment_ids, num_segments, weights=weights, alpha=alpha, **extra)
 
     def initial_params(self, key, channel_shape: tuple) -> dict:
@@ -362,6 +430,7 @@ AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
                   shape=lambda heads, channels: (heads, len(PNA_AGGREGATORS) * len(PNA_SCALERS) * channels, channels),
                   decay=True, report=False),
         ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
+    "genagg": Aggregator(genagg, params=_genagg_specs(), aux_loss=True),
     "laf": Aggregator(laf, params=(
         ParamSpec("laf", jax.nn.initializers.normal(1.0), shape=lambda heads, channels: (12, heads, channels, LAF_UNITS),
                   report=False),
@@ -383,7 +452,7 @@ def make(name: str, *, alpha: float = 0.5, learn: bool = False, scope: str = "la
     bound = {k: options[k] for k in entry.options if k in options}
     fn = functools.partial(entry.fn, **bound) if bound else entry.fn
     exponent = ExponentSpec(init=alpha, learn=learn, scope=scope, lr_mult=lr_mult) if entry.takes_exponent else None
-    return Bound(fn, entry.params), exponent
+    return Bound(fn, entry.params, entry.aux_loss), exponent
 
 
 def from_config(pool: PoolConfig, key: str, data_stats: dict | None = None) -> tuple[Bound, ExponentSpec | None]:

@@ -84,19 +84,22 @@ def make_steps(model, tx, loss=losses.cross_entropy):
     def forward(params, graph, key, deterministic, alpha):
         extra = {} if alpha is None else {"alpha": alpha}
         logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
-                                    mutable=["intermediates"], **extra)
-        return logits, state.get("intermediates", {})
+                                    mutable=["intermediates", "losses"], **extra)
+        # Auxiliary losses the aggregators sow (GenAgg's inverse reconstruction), summed.
+        auxiliary = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
+        return logits, state.get("intermediates", {}), auxiliary
 
     def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
         def objective(params):
-            return loss(forward(params, graph, key, False, alpha)[0], labels, mask)
+            logits, _, auxiliary = forward(params, graph, key, False, alpha)
+            return loss(logits, labels, mask) + auxiliary
 
         value, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
     def eval_step(params, graph, labels, masks, alpha=None):
-        logits, intermediates = forward(params, graph, jax.random.key(0), True, alpha)
+        logits, intermediates, _ = forward(params, graph, jax.random.key(0), True, alpha)
         return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
 
     return train_step, eval_step

@@ -373,3 +373,108 @@ def test_laf_can_be_the_mean(x64):
     for s in range(segments - 1):
         expected = np.mean(np.clip(1 / (1 + np.exp(-x[ids == s])), 1e-7, 1 - 1e-7), axis=0)
         np.testing.assert_allclose(out[s], expected, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# GenAgg
+# ---------------------------------------------------------------------------------------------
+def np_mish(x):
+    return x * np.tanh(np.log1p(np.exp(x)))
+
+
+def np_mlp(params, prefix, x, widths):
+    for i in range(len(widths) - 1):
+        x = x @ np.asarray(params[f"{prefix}{i}_kernel"]) + np.asarray(params[f"{prefix}{i}_bias"])
+        if i < len(widths) - 2:
+            x = np_mish(x)
+    return x
+
+
+def np_genagg(rows, params):
+    a, b = np.clip(float(params["a"]), 0, 1), np.clip(float(params["b"]), 0, 1)
+    x = rows - b * rows.mean(0)
+    encoded = np_mlp(params, "f", x[..., None], pooling.GENAGG_WIDTHS)
+    scaled = encoded.mean(0) * len(rows) ** a
+    return np_mlp(params, "f_inverse", scaled, pooling.GENAGG_WIDTHS[::-1])[..., 0]
+
+
+def test_genagg_matches_the_float64_formula(x64):
+    pool, _ = pooling.make("genagg")
+    x, ids, segments, _ = _case(13)
+    x = x / 20
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in pool.initial_params(jax.random.key(2), (2, 3)).items()}
+    params["a"], params["b"] = jnp.asarray(0.7), jnp.asarray(0.4)
+    out, aux = pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params, with_aux=True)
+    for s in range(segments - 1):
+        np.testing.assert_allclose(out[s], np_genagg(x[ids == s], params), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(out[segments - 1], 0)
+    means = np.stack([x[ids == s].mean(0) for s in range(segments - 1)])
+    shifted = x - 0.4 * means[ids]
+    reconstructed = np_mlp(params, "f_inverse", np_mlp(params, "f", shifted[..., None], pooling.GENAGG_WIDTHS),
+                           pooling.GENAGG_WIDTHS[::-1])[..., 0]
+    np.testing.assert_allclose(aux, np.mean((np.abs(shifted) - np.abs(reconstructed)) ** 2), rtol=1e-10)
+    # a and b live in [0, 1]
+    params["a"], params["b"] = jnp.asarray(1.8), jnp.asarray(-0.5)
+    clipped = dict(params, a=jnp.asarray(1.0), b=jnp.asarray(0.0))
+    np.testing.assert_allclose(pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params),
+                               pool(jnp.asarray(x), jnp.asarray(ids), segments, params=clipped), rtol=1e-12)
+
+
+def test_genagg_reconstruction_loss_joins_the_objective():
+    """The layers sow GenAgg's inverse-reconstruction loss and the train step adds it: the loss a
+    GenAgg model reports is its classification loss plus that term."""
+    from gaflax import losses
+    from gaflax.tasks import make_steps
+
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
+                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "genagg"}})
+    ds = load_dataset(config)
+    model = build_model(config, ds)
+    inputs = node_inputs(config, ds)[0]
+    params = init_params(model, *run_keys(0), inputs)
+    assert set(params["gcn_0"]["aggregator_params"]) == {"a", "b"}
+    _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates", "losses"])
+    aux = sum(float(v) for v in jax.tree_util.tree_leaves(state["losses"]))
+    assert aux > 0 and len(jax.tree_util.tree_leaves(state["losses"])) == 2  # one per layer
+    tx = make_optimizer(config, params)
+    train_step, _ = make_steps(model, tx, losses.cross_entropy)
+    labels, mask = jnp.asarray(ds.labels), jnp.ones(ds.num_nodes, bool)
+    _, _, reported = train_step(params, tx.init(params), inputs, labels, mask, jax.random.key(1))
+    logits, state = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": jax.random.key(1)},
+                                mutable=["intermediates", "losses"])
+    aux = sum(float(v) for v in jax.tree_util.tree_leaves(state["losses"]))  # with the same dropout
+    np.testing.assert_allclose(float(reported), float(losses.cross_entropy(logits, labels, mask)) + aux, rtol=1e-5)
+
+
+@needs_pyg
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_genagg_equals_the_authors_package():
+    """The ``genagg`` package's GenAgg with the same f (no batch normalisation), a and b: equal
+    values and message gradients, and the same reconstruction loss."""
+    genagg_pkg = pytest.importorskip("genagg", reason="the genagg package is not installed (pip install genagg)")
+    import torch
+    from genagg.MLPAutoencoder import MLPAutoencoder
+
+    f = MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, batchnorm=False, init=None, enforce_inverse=False, jit=False)
+    module = genagg_pkg.GenAgg(f=f)
+    module.a.data.fill_(0.6)
+    module.b.data.fill_(0.3)
+    params = {"a": jnp.asarray(0.6), "b": jnp.asarray(0.3)}
+    linears = {"f": [m for m in f.net_for.children() if isinstance(m, torch.nn.Linear)],
+               "f_inverse": [m for m in f.net_rev.children() if isinstance(m, torch.nn.Linear)]}
+    for prefix, layers in linears.items():
+        for i, layer in enumerate(layers):
+            params[f"{prefix}{i}_kernel"] = jnp.asarray(layer.weight.detach().numpy().T)
+            params[f"{prefix}{i}_bias"] = jnp.asarray(layer.bias.detach().numpy())
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    ids = np.sort(np.concatenate([np.arange(6), rng.integers(0, 6, 34)])).astype(np.int64)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = module(xt, torch.tensor(ids), dim_size=6)
+    out_t.sum().backward()
+    pool, _ = pooling.make("genagg")
+    out = pool(jnp.asarray(x), jnp.asarray(ids, jnp.int32), 6, params=params)
+    grad = jax.grad(lambda v: jnp.sum(pool(v, jnp.asarray(ids, jnp.int32), 6, params=params)))(jnp.asarray(x))
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-3, atol=1e-5)
