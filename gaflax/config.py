@@ -72,49 +72,45 @@ class GATConfig(ModelConfig):
 
 
 @dataclasses.dataclass
-class GCNConfig(ModelConfig):
+class BackboneConfig(ModelConfig):
+    """The fields of the non-GAT backbones (``gaflax.models.GNN`` / ``GraphGNN``); each subclass
+    sets its paper's defaults."""
+
+    hidden: int = 64
+    num_layers: int = 2
+    dropout: float = 0.5
+    add_self_loops: bool = False
+    mlp: tuple = (64,)  # graph classification only: the MLP's hidden widths after the readout
+    integer_fields: ClassVar = ("hidden", "num_layers")
+    rate_fields: ClassVar = ("dropout",)
+
+
+@dataclasses.dataclass
+class GCNConfig(BackboneConfig):
     """GCN (Kipf & Welling 2017): 16 hidden units, ReLU, dropout 0.5, self-loops and the symmetric
     normalisation; the ``pool`` aggregator replaces the normalised sum (``weighted_sum``)."""
 
     name: str = "gcn"
     hidden: int = 16
-    num_layers: int = 2
-    dropout: float = 0.5
     add_self_loops: bool = True
-    mlp: tuple = (64,)  # graph classification only
-    integer_fields: ClassVar = ("hidden", "num_layers")
-    rate_fields: ClassVar = ("dropout",)
 
 
 @dataclasses.dataclass
-class SAGEConfig(ModelConfig):
+class SAGEConfig(BackboneConfig):
     """GraphSAGE (Hamilton et al. 2017) with the root weight; mean aggregation by default
     (``weighted_sum`` with weights 1 / in-degree)."""
 
     name: str = "sage"
-    hidden: int = 64
-    num_layers: int = 2
-    dropout: float = 0.5
-    add_self_loops: bool = False
-    mlp: tuple = (64,)
-    integer_fields: ClassVar = ("hidden", "num_layers")
-    rate_fields: ClassVar = ("dropout",)
 
 
 @dataclasses.dataclass
-class GINConfig(ModelConfig):
+class GINConfig(BackboneConfig):
     """GIN (Xu et al. 2019): a learned eps and a two-layer MLP per layer; sum aggregation by
     default (``weighted_sum`` with weights 1)."""
 
     name: str = "gin"
-    hidden: int = 64
     num_layers: int = 3
-    dropout: float = 0.5
     train_eps: bool = True
-    add_self_loops: bool = False
-    mlp: tuple = (64,)
-    integer_fields: ClassVar = ("hidden", "num_layers")
-    rate_fields: ClassVar = ("dropout",)
 
 
 @dataclasses.dataclass
@@ -326,7 +322,13 @@ def _check_types(section, key: str, check):
 
 def model_configs() -> dict[str, type[ModelConfig]]:
     """``model.name`` -> its config class (every subclass of ModelConfig, by its ``name`` default)."""
-    return {c.__dataclass_fields__["name"].default: c for c in ModelConfig.__subclasses__()}
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    return {c.__dataclass_fields__["name"].default: c for c in subclasses(ModelConfig)
+            if c.__dataclass_fields__["name"].default}
 
 
 def _section_class(key: str, value) -> type | None:

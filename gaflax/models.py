@@ -282,67 +282,62 @@ def in_degree(receivers, num_nodes, dtype=jnp.float32):
     return jax.ops.segment_sum(jnp.ones(receivers.shape, dtype), receivers, num_nodes)
 
 
-class GCNLayer(nn.Module):
-    """Kipf & Welling (2017): ``D^-1/2 (A + I) D^-1/2 X W + b``, with the aggregator in place of
-    the normalised sum: messages ``(X W)_j`` weighted by ``1 / sqrt(d_i d_j)`` (self-loops are in
-    the graph already). ``weighted_sum`` is the published layer; GA and the other operators that
-    use weights normalise them per node."""
+class _BackboneLayer(nn.Module):
+    """The fields every non-GAT layer has: its width, aggregator and the aggregator's exponent."""
 
     features: int
     aggregate: Callable = pooling.weighted_sum
     exponent: ExponentSpec | None = None
 
+
+def _neighbours(layer: _BackboneLayer, h, graph, edge_weights, alpha):
+    """``agg_j h_j`` over each node's in-neighbours with the layer's ``edge_weights`` ``[E]``: ``[N, C]``."""
+    return aggregate_neighbours(layer, layer.aggregate, layer.exponent, h[graph.senders][:, None, :], graph.receivers,
+                                h.shape[0], edge_weights[:, None], alpha)[:, 0, :]
+
+
+class GCNLayer(_BackboneLayer):
+    """Kipf & Welling (2017): ``D^-1/2 (A + I) D^-1/2 X W + b``, with the aggregator in place of
+    the normalised sum: messages ``(X W)_j`` weighted by ``1 / sqrt(d_i d_j)`` (self-loops are in
+    the graph already). ``weighted_sum`` is the published layer; GA and the other operators that
+    use weights normalise them per node."""
+
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
-        n = _num_nodes(graph)
         h = Projection(self.features, use_bias=False, name="proj")(graph.nodes)
-        degree = in_degree(graph.receivers, n, h.dtype)
+        degree = in_degree(graph.receivers, h.shape[0], h.dtype)
         norm = jax.lax.rsqrt(jnp.maximum(degree[graph.senders] * degree[graph.receivers], 1))
-        out = aggregate_neighbours(self, self.aggregate, self.exponent, h[graph.senders][:, None, :], graph.receivers,
-                                   n, norm[:, None], alpha)[:, 0, :]
-        return out + self.param("bias", nn.initializers.zeros, (self.features,))[None]
+        return _neighbours(self, h, graph, norm, alpha) + self.param("bias", nn.initializers.zeros, (self.features,))[None]
 
 
-class SAGELayer(nn.Module):
+class SAGELayer(_BackboneLayer):
     """GraphSAGE (Hamilton et al. 2017) with the root weight: ``W_r x_i + W_n agg_j(x_j) + b``,
     mean aggregation by default: neighbours weigh ``1 / in-degree``, so ``weighted_sum`` is the
     mean. As in GAT, the features are projected before they are aggregated (``agg_j(W_n x_j)``),
     which equals the published layer for linear aggregators (sum, mean) and lets sparse features
     stay sparse. No self-loops."""
 
-    features: int
-    aggregate: Callable = pooling.weighted_sum
-    exponent: ExponentSpec | None = None
-
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
-        n = _num_nodes(graph)
         neighbours = Projection(self.features, use_bias=False, name="proj_neighbours")(graph.nodes)
         root = Projection(self.features, name="proj_root")(graph.nodes)
-        weights = 1 / jnp.maximum(in_degree(graph.receivers, n, neighbours.dtype), 1)[graph.receivers]
-        out = aggregate_neighbours(self, self.aggregate, self.exponent, neighbours[graph.senders][:, None, :],
-                                   graph.receivers, n, weights[:, None], alpha)[:, 0, :]
-        return root + out
+        weights = 1 / jnp.maximum(in_degree(graph.receivers, root.shape[0], root.dtype), 1)[graph.receivers]
+        return root + _neighbours(self, neighbours, graph, weights, alpha)
 
 
-class GINLayer(nn.Module):
+class GINLayer(_BackboneLayer):
     """GIN (Xu et al. 2019): ``MLP((1 + eps) x_i + agg_j x_j)`` with a learned eps (from 0) and a
     two-layer ReLU MLP; sum aggregation by default (neighbours weigh 1). The MLP's first linear
     map is applied before the aggregation (exact for linear aggregators, as in SAGELayer). No
     self-loops."""
 
-    features: int
-    aggregate: Callable = pooling.weighted_sum
-    exponent: ExponentSpec | None = None
     train_eps: bool = True
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
-        n = _num_nodes(graph)
         h = Projection(self.features, use_bias=False, name="proj")(graph.nodes)
         eps = self.param("eps", nn.initializers.zeros, ()) if self.train_eps else 0.0
-        out = aggregate_neighbours(self, self.aggregate, self.exponent, h[graph.senders][:, None, :], graph.receivers,
-                                   n, jnp.ones((graph.senders.shape[0], 1), h.dtype), alpha)[:, 0, :]
+        out = _neighbours(self, h, graph, jnp.ones(graph.senders.shape, h.dtype), alpha)
         z = (1 + eps) * h + out + self.param("bias", nn.initializers.zeros, (self.features,))[None]
         return nn.Dense(self.features, name="mlp_out")(nn.relu(z))
 
@@ -350,11 +345,6 @@ class GINLayer(nn.Module):
 def _layer_name(layer) -> str:
     layer = getattr(layer, "func", layer)  # a functools.partial of a layer class
     return {GCNLayer: "gcn", SAGELayer: "sage", GINLayer: "gin"}[layer]
-
-
-def _num_nodes(graph) -> int:
-    nodes = graph.nodes
-    return nodes.shape[0]
 
 
 #: Backbones other than GAT: ``model.name`` -> layer class. Each takes (features, aggregate, exponent).
@@ -378,28 +368,18 @@ class GNN(nn.Module):
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             graph = graph._replace(nodes=Dropout(self.dropout)(graph.nodes, deterministic=deterministic))
-            nodes = self.layer(self.num_classes if last else self.hidden, self.aggregate, self.exponent, name=f"{self.layer_name}_{i}")(
-                graph, deterministic=deterministic, alpha=alpha)
+            layer = self.layer(self.num_classes if last else self.hidden, self.aggregate, self.exponent,
+                               name=f"{_layer_name(self.layer)}_{i}")
+            nodes = layer(graph, deterministic=deterministic, alpha=alpha)
             if last:
                 return nodes
             graph = graph._replace(nodes=nn.relu(nodes))
 
-    @property
-    def layer_name(self) -> str:
-        return _layer_name(self.layer)
 
-
-class GraphGNN(nn.Module):
+class GraphGNN(GNN):
     """A graph classifier: backbone layers (ReLU, dropout), a readout (a ``gaflax.pooling``
     operator with its own ``ExponentSpec``), then an MLP; logits ``[G, num_classes]``."""
 
-    layer: type
-    num_classes: int
-    hidden: int = 64
-    num_layers: int = 3
-    dropout: float = 0.5
-    aggregate: Callable = pooling.weighted_sum
-    exponent: ExponentSpec | None = None
     readout: Callable = pooling.weighted_sum
     readout_exponent: ExponentSpec | None = None
     mlp: Sequence[int] = (64,)
