@@ -100,3 +100,22 @@ def test_bench_ga_cases_compute_the_same_means():
     for name, (_, fwd_bwd) in cases.items():
         value, grads = fwd_bwd()
         assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
+
+
+def test_bench_aggregators_times_every_registered_operator():
+    """Every operator in the registry is a case (through pooling.make, as the models use it), and
+    its forward value and backward gradients are finite on a small shape."""
+    bench = _script("bench_aggregators")
+    rng = np.random.default_rng(1)
+    e, c, n = 200, 4, 20
+    ids = jnp.asarray(np.sort(rng.integers(0, n, e)).astype(np.int32))
+    x = jnp.asarray(rng.normal(size=(e, c)).astype(np.float32))
+    ct = jnp.asarray(rng.normal(size=(n, c)).astype(np.float32))
+    cases = bench.gaflax_cases(x, ids, n, ct)
+    distinct = {entry.fn for entry in gaflax.pooling.AGGREGATORS.values()}
+    assert len(cases) == len(distinct)
+    for name, (forward, backward) in cases.items():
+        assert np.isfinite(np.asarray(forward())).all(), name
+        value, grads = backward()
+        assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
+    assert set(bench.PEERS) <= set(gaflax.pooling.AGGREGATORS)
