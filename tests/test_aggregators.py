@@ -437,7 +437,7 @@ def test_genagg_reconstruction_loss_joins_the_objective():
     aux = sum(float(v) for v in jax.tree_util.tree_leaves(state["losses"]))
     assert aux > 0 and len(jax.tree_util.tree_leaves(state["losses"])) == 2  # one per layer
     tx = make_optimizer(config, params)
-    train_step, _ = make_steps(model, tx, losses.cross_entropy)
+    train_step = jax.jit(make_steps(model, tx, losses.cross_entropy)[0])
     labels, mask = jnp.asarray(ds.labels), jnp.ones(ds.num_nodes, bool)
     _, _, reported = train_step(params, tx.init(params), inputs, labels, mask, jax.random.key(1))
     logits, state = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": jax.random.key(1)},
