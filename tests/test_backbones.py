@@ -13,7 +13,6 @@ from gaflax.config import Config
 from gaflax.models import GCNLayer, GINLayer, SAGELayer, add_self_loops, alphas_from_intermediates
 from gaflax.tasks import build_model, init_params, load_dataset, node_inputs, run_keys
 from gaflax.train import train_and_evaluate
-from tests.test_models import DISTINCT
 
 
 def _graph(seed=0, n=9, features=5):
@@ -78,10 +77,12 @@ def test_gin_layer_is_mlp_of_eps_self_plus_neighbour_sum(x64):
     assert float(g["params"]["eps"]) != 0
 
 
-# Every aggregator in GCN (whose edge weights are not uniform); in SAGE and GIN, one of each kind:
-# the default, one with an exponent, one with its own parameters, one that ignores weights.
-CASES = [("gcn", name) for name in DISTINCT] + [(backbone, name) for backbone in ("sage", "gin")
-                                                for name in ("weighted_sum", "ga", "powermean", "max")]
+# One aggregator of each kind in GCN (whose edge weights are not uniform): the default, one with an
+# exponent, per-channel parameters, weight matrices and data statistics, an auxiliary loss, and one
+# that ignores the weights; the default and GA in SAGE and GIN. tests/test_pooling.py holds every
+# operator to the registry's contract.
+CASES = [("gcn", name) for name in ("weighted_sum", "ga", "powermean", "pna", "genagg", "max")] + [
+    (backbone, name) for backbone in ("sage", "gin") for name in ("weighted_sum", "ga")]
 
 
 @pytest.mark.parametrize("backbone, aggregator", CASES)

