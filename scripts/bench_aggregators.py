@@ -18,13 +18,10 @@ Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pathlib
-import platform
-import statistics
-import time
+import sys
 import warnings
 
 import jax
@@ -33,29 +30,15 @@ import numpy as np
 
 from gaflax import pooling
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_ga import _interleaved_medians_ms, write_results  # noqa: E402  (the shared timer and writer)
+
 #: (E, C, N): Cora's GAT layer (13,264 messages with self-loops, 8 heads x 8 channels as 64), 1M.
 SHAPES = {"cora": (13_264, 64, 2_708), "1M": (1_000_000, 16, 100_000)}
 #: gaflax operator -> its peer in this script (GA beside PyG's clamped power mean, its closest).
 PEERS = {"weighted_sum": "pyg_sum", "sum": "pyg_sum", "ga": "pyg_powermean", "mean": "pyg_mean", "max": "pyg_max",
          "min": "pyg_min", "softmax_learned": "pyg_softmax_learned", "powermean": "pyg_powermean", "var": "pyg_var",
          "std": "pyg_std", "pna": "pyg_pna", "genagg": "genagg_package"}
-
-
-def _medians_ms(fns, repeats, min_seconds=2.0):
-    warm = {}
-    for name, fn in fns.items():
-        fn()
-        start = time.perf_counter()
-        fn()
-        warm[name] = time.perf_counter() - start
-    rounds = max(repeats, min(100, math.ceil(min_seconds / max(sum(warm.values()), 1e-6))))
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, rounds
 
 
 def gaflax_cases(x, ids, n, ct):
@@ -150,7 +133,7 @@ def main():
             cases.update(peers)
         fns = {(name, "fwd"): f for name, (f, _) in cases.items()}
         fns.update({(name, "fwd_bwd"): b for name, (_, b) in cases.items()})
-        medians, rounds = _medians_ms(fns, args.repeats)
+        medians, rounds = _interleaved_medians_ms(fns, args.repeats)
         for name in cases:
             rows.append(dict(shape=shape, E=e, C=c, N=n, method=name, fwd_ms=medians[(name, "fwd")],
                              fwd_bwd_ms=medians[(name, "fwd_bwd")], rounds=rounds))
@@ -173,13 +156,7 @@ def main():
                  f"{r['peer_speedup_fwd']:.2f}x, {r['peer_speedup_fwd_bwd']:.2f}x") if peer else "- | - | - | -"
         print(f"| {r['shape']} ({r['E']:,} x {r['C']} -> {r['N']:,}) | {r['method']} | {r['fwd_ms']:.2f} | "
               f"{r['fwd_bwd_ms']:.2f} | {cells} |")
-    meta = dict(jax=jax.__version__, device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
-                machine=platform.machine(), python=platform.python_version(), peers=peer_version,
-                repeats=args.repeats)
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
-    print(f"\nwrote {path}")
+    write_results(args.out, rows, peers=peer_version, repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -189,10 +189,15 @@ def main():
         print(f"| {r['shape']} ({r['E']:,} x {r['F']} -> {r['N']:,}) | {r['method']} | {r['fwd_ms']:.2f} | "
               f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gbps']:.1f} | {r['fwd_bwd_vs_segment_sum']:.2f}x | {speedup} |")
 
+    write_results(args.out, rows, pyg=pyg_version, repeats=args.repeats)
+
+
+def write_results(out, rows, **meta):
+    """The rows as JSON in ``out``, with the machine and library versions."""
     meta = dict(jax=jax.__version__, device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
-                machine=platform.machine(), python=platform.python_version(), pyg=pyg_version,
-                repeats=args.repeats, glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
-    path = pathlib.Path(args.out)
+                machine=platform.machine(), python=platform.python_version(),
+                glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), **meta)
+    path = pathlib.Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"\nwrote {path}")
