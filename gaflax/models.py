@@ -62,12 +62,9 @@ class AggregatorParams(nn.Module):
 
     @nn.compact
     def __call__(self, channel_shape: tuple) -> dict:
-        heads, channels = (1, *channel_shape) if len(channel_shape) == 1 else channel_shape
         values = {}
         for spec in self.specs:
-            shape = tuple(channel_shape) if spec.shape is None else spec.shape(heads, channels)
-            init = nn.initializers.constant(spec.init) if isinstance(spec.init, (int, float)) else spec.init
-            values[spec.name] = self.param(spec.name, init, shape, jnp.float32)
+            values[spec.name] = self.param(spec.name, spec.initializer(), spec.shape_for(channel_shape), jnp.float32)
             if spec.report:
                 self.sow("intermediates", spec.name, values[spec.name])
         return values

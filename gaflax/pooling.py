@@ -72,8 +72,7 @@ def weighted_sum(messages, segment_ids, num_segments, weights=None, alpha=None):
 
 def mean(messages, segment_ids, num_segments, weights=None, alpha=None):
     """Unweighted mean of the messages (attention ignored)."""
-    count = _sum(jnp.ones(messages.shape[:1], messages.dtype), segment_ids, num_segments)
-    return _sum(messages, segment_ids, num_segments) / _expand(jnp.maximum(count, 1), messages)
+    return _sum(messages, segment_ids, num_segments) / jnp.maximum(_count(messages, segment_ids, num_segments), 1)
 
 
 def _extreme(reduce, messages, segment_ids, num_segments):
@@ -151,10 +150,10 @@ def powermean(messages, segment_ids, num_segments, weights=None, alpha=None, par
     lo, hi = POWERMEAN_CLAMP
     p = _per_channel(params["p"], messages)
     # p = 0 would divide by zero (PyG gives inf / NaN there); the learned p starts at 1.
-    mean_p = _sum(jnp.clip(messages, lo, hi) ** p, segment_ids, num_segments) / jnp.maximum(
-        _count(messages, segment_ids, num_segments), 1)
+    count = _count(messages, segment_ids, num_segments)
+    mean_p = _sum(jnp.clip(messages, lo, hi) ** p, segment_ids, num_segments) / jnp.maximum(count, 1)
     out = jnp.clip(mean_p, lo, hi) ** (1 / p)
-    return jnp.where(_count(messages, segment_ids, num_segments) > 0, out, 0)
+    return jnp.where(count > 0, out, 0)
 
 
 def softmax_learned(messages, segment_ids, num_segments, weights=None, alpha=None, params=None):
@@ -346,6 +345,17 @@ class ParamSpec:
     decay: bool = False
     report: bool = True
 
+    def shape_for(self, channel_shape: tuple) -> tuple:
+        """The parameter's shape for messages with channel shape ``[H, C]`` (or ``[F]``)."""
+        if self.shape is None:
+            return tuple(channel_shape)
+        heads, channels = (1, *channel_shape) if len(channel_shape) == 1 else channel_shape
+        return self.shape(heads, channels)
+
+    def initializer(self) -> Callable:
+        """``init(key, shape, dtype)``: a constant for a float ``init``, else ``init`` itself."""
+        return jax.nn.initializers.constant(self.init) if isinstance(self.init, (int, float)) else self.init
+
 
 @dataclasses.dataclass(frozen=True)
 class Aggregator:
@@ -393,15 +403,8 @@ class Bound:
     def initial_params(self, key, channel_shape: tuple) -> dict:
         """The parameters' initial values for messages with channel shape ``[H, C]`` (or ``[F]``),
         as ``gaflax.models.AggregatorParams`` creates them."""
-        heads, channels = (1, *channel_shape) if len(channel_shape) == 1 else channel_shape
-        out = {}
-        for i, spec in enumerate(self.params):
-            shape = tuple(channel_shape) if spec.shape is None else spec.shape(heads, channels)
-            if isinstance(spec.init, (int, float)):
-                out[spec.name] = jnp.full(shape, spec.init, jnp.float32)
-            else:
-                out[spec.name] = spec.init(jax.random.fold_in(key, i), shape, jnp.float32)
-        return out
+        return {spec.name: spec.initializer()(jax.random.fold_in(key, i), spec.shape_for(channel_shape), jnp.float32)
+                for i, spec in enumerate(self.params)}
 
 
 @dataclasses.dataclass(frozen=True)
