@@ -66,7 +66,8 @@ class AggregatorParams(nn.Module):
         for spec in self.specs:
             values[spec.name] = self.param(spec.name, spec.initializer(), spec.shape_for(channel_shape), jnp.float32)
             if spec.report:
-                self.sow("intermediates", spec.name, values[spec.name])
+                self.sow("intermediates", spec.name,
+                         spec.reported(values[spec.name]) if spec.reported else values[spec.name])
         return values
 
 

@@ -356,6 +356,20 @@ def test_laf_matches_the_float64_formula(x64):
     np.testing.assert_array_equal(out[segments - 1], 0)
 
 
+def test_laf_starts_with_positive_coefficients(x64):
+    """LAF starts uniform on [0, 1] (public GIN-LAF code's choice): every numerator and denominator
+    is positive, so no unit starts at a denominator near 0 (the standard normal start gave outputs
+    of 1e7 and a GCN at chance on Cora)."""
+    pool, _ = pooling.make("laf")
+    x, ids, segments, _ = _case(11)
+    for key in range(5):
+        w = np.asarray(pool.initial_params(jax.random.key(key), (2, 3))["laf"], np.float64)
+        assert w.min() >= 0 and w.max() <= 1
+        for s in range(segments - 1):
+            units = np_laf(x[ids == s], w)
+            assert np.all(units > 0) and np.all(np.isfinite(units)), (key, s)
+
+
 def test_laf_can_be_the_mean(x64):
     """The paper's table: mean = L_{1,1}(x) / L_{1,0}(x) (alpha = gamma = 1, a = b = e = 1, f = 0)."""
     pool, _ = pooling.make("laf")
@@ -383,19 +397,27 @@ def np_mish(x):
 
 
 def np_mlp(params, prefix, x, widths):
+    """Linear, then BatchNorm1d in training mode over all rows of x (biased variance), then Mish."""
     for i in range(len(widths) - 1):
         x = x @ np.asarray(params[f"{prefix}{i}_kernel"]) + np.asarray(params[f"{prefix}{i}_bias"])
         if i < len(widths) - 2:
-            x = np_mish(x)
+            rows = x.reshape(-1, x.shape[-1])
+            x = (x - rows.mean(0)) / np.sqrt(rows.var(0) + 1e-5)
+            x = np_mish(x * np.asarray(params[f"{prefix}{i}_scale"]) + np.asarray(params[f"{prefix}{i}_shift"]))
     return x
 
 
-def np_genagg(rows, params):
+def np_genagg(x, ids, segments, params):
+    """All segments at once: batch normalisation makes f depend on every row, and f^-1 on every
+    segment (an empty one included, as in the package)."""
     a, b = np.clip(float(params["a"]), 0, 1), np.clip(float(params["b"]), 0, 1)
-    x = rows - b * rows.mean(0)
-    encoded = np_mlp(params, "f", x[..., None], pooling.GENAGG_WIDTHS)
-    scaled = encoded.mean(0) * len(rows) ** a
-    return np_mlp(params, "f_inverse", scaled, pooling.GENAGG_WIDTHS[::-1])[..., 0]
+    counts = np.array([np.sum(ids == s) for s in range(segments)])
+    means = np.stack([x[ids == s].mean(0) if counts[s] else np.zeros(x.shape[1:]) for s in range(segments)])
+    encoded = np_mlp(params, "f", (x - b * means[ids])[..., None], pooling.GENAGG_WIDTHS)
+    scaled = np.stack([encoded[ids == s].mean(0) * counts[s] ** a if counts[s] else np.zeros(encoded.shape[1:])
+                       for s in range(segments)])
+    out = np_mlp(params, "f_inverse", scaled, pooling.GENAGG_WIDTHS[::-1])[..., 0]
+    return np.where((counts > 0).reshape(-1, *([1] * (out.ndim - 1))), out, 0)
 
 
 def test_genagg_matches_the_float64_formula(x64):
@@ -404,9 +426,11 @@ def test_genagg_matches_the_float64_formula(x64):
     x = x / 20
     params = {k: jnp.asarray(v, jnp.float64) for k, v in pool.initial_params(jax.random.key(2), (2, 3)).items()}
     params["a"], params["b"] = jnp.asarray(0.7), jnp.asarray(0.4)
+    rng = np.random.default_rng(3)  # batch normalisation's affine parameters away from their start
+    for name in [k for k in params if k.endswith(("_scale", "_shift"))]:
+        params[name] = jnp.asarray(rng.normal(1.0 if name.endswith("_scale") else 0.0, 0.3, params[name].shape))
     out, aux = pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params, with_aux=True)
-    for s in range(segments - 1):
-        np.testing.assert_allclose(out[s], np_genagg(x[ids == s], params), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out, np_genagg(x, ids, segments, params), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(out[segments - 1], 0)
     means = np.stack([x[ids == s].mean(0) for s in range(segments - 1)])
     shifted = x - 0.4 * means[ids]
@@ -418,6 +442,28 @@ def test_genagg_matches_the_float64_formula(x64):
     clipped = dict(params, a=jnp.asarray(1.0), b=jnp.asarray(0.0))
     np.testing.assert_allclose(pool(jnp.asarray(x), jnp.asarray(ids), segments, params=params),
                                pool(jnp.asarray(x), jnp.asarray(ids), segments, params=clipped), rtol=1e-12)
+
+
+def test_genagg_a_and_b_leave_the_bound_they_start_at():
+    """a and b start at 0, the edge of [0, 1]. A descent step below 0 must not freeze them (plain
+    clip has zero gradient there): the gradient passes when it points back into [0, 1], is 0 when
+    it points further out, and the reported value is the clipped one."""
+    grad = jax.grad(lambda raw, c: pooling.unit_interval(raw) * c)
+    assert float(grad(-0.01, -2.0)) == -2.0  # below 0, descent moves it up: passes
+    assert float(grad(-0.01, 2.0)) == 0.0  # below 0, descent would move it further down
+    assert float(grad(1.2, 3.0)) == 3.0 and float(grad(1.2, -3.0)) == 0.0
+    assert float(grad(0.0, 2.0)) == 2.0 and float(grad(0.4, -1.0)) == -1.0
+    np.testing.assert_allclose(pooling.unit_interval(jnp.asarray([-0.3, 0.5, 1.7])), [0.0, 0.5, 1.0])
+    # In a model: after a step that takes raw a below 0, a later gradient that wants a > 0 moves it.
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
+                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "genagg"}})
+    ds = load_dataset(config)
+    model = build_model(config, ds)
+    inputs = node_inputs(config, ds)[0]
+    params = init_params(model, *run_keys(0), inputs)
+    params["gcn_0"]["aggregator_params"]["a"] = jnp.asarray(-0.05)
+    _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates"])
+    assert float(state["intermediates"]["gcn_0"]["aggregator_params"]["a"][0]) == 0.0  # reported clipped
 
 
 def test_genagg_reconstruction_loss_joins_the_objective():
@@ -432,7 +478,8 @@ def test_genagg_reconstruction_loss_joins_the_objective():
     model = build_model(config, ds)
     inputs = node_inputs(config, ds)[0]
     params = init_params(model, *run_keys(0), inputs)
-    assert set(params["gcn_0"]["aggregator_params"]) == {"a", "b"}
+    norms = {f"{prefix}{i}_{part}" for prefix in ("f", "f_inverse") for i in (0, 1) for part in ("scale", "shift")}
+    assert set(params["gcn_0"]["aggregator_params"]) == {"a", "b"} | norms  # without weight decay
     _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates", "losses"])
     aux = sum(float(v) for v in jax.tree_util.tree_leaves(state["losses"]))
     assert aux > 0 and len(jax.tree_util.tree_leaves(state["losses"])) == 2  # one per layer
@@ -450,14 +497,14 @@ def test_genagg_reconstruction_loss_joins_the_objective():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_genagg_equals_the_authors_package():
-    """The ``genagg`` package's GenAgg with the same f (no batch normalisation), a and b: equal
-    values and message gradients, and the same reconstruction loss."""
+    """The ``genagg`` package's GenAgg with the same f (its default batch normalisation, in
+    training mode), a and b: equal values and message gradients."""
     genagg_pkg = pytest.importorskip("genagg", reason="the genagg package is not installed (pip install genagg)")
     import torch
     from genagg.MLPAutoencoder import MLPAutoencoder
 
-    f = MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, batchnorm=False, init=None, enforce_inverse=False, jit=False)
-    module = genagg_pkg.GenAgg(f=f)
+    f = MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, init=None, enforce_inverse=False, jit=False)
+    module = genagg_pkg.GenAgg(f=f).train()  # batch normalisation with batch statistics, as gaflax's
     module.a.data.fill_(0.6)
     module.b.data.fill_(0.3)
     params = {"a": jnp.asarray(0.6), "b": jnp.asarray(0.3)}
@@ -467,6 +514,13 @@ def test_genagg_equals_the_authors_package():
         for i, layer in enumerate(layers):
             params[f"{prefix}{i}_kernel"] = jnp.asarray(layer.weight.detach().numpy().T)
             params[f"{prefix}{i}_bias"] = jnp.asarray(layer.bias.detach().numpy())
+        norms = [m for m in (f.net_for if prefix == "f" else f.net_rev).children() if isinstance(m, torch.nn.BatchNorm1d)]
+        for i, norm in enumerate(norms):
+            with torch.no_grad():
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.5, 0.5)
+            params[f"{prefix}{i}_scale"] = jnp.asarray(norm.weight.detach().numpy())
+            params[f"{prefix}{i}_shift"] = jnp.asarray(norm.bias.detach().numpy())
     rng = np.random.default_rng(14)
     x = rng.normal(size=(40, 3)).astype(np.float32)
     ids = np.sort(np.concatenate([np.arange(6), rng.integers(0, 6, 34)])).astype(np.int64)
