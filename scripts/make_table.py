@@ -4,10 +4,16 @@
     python scripts/make_table.py --journal journal.sqlite --filter hypothesis=ablation-node
     python scripts/make_table.py --runs multirun/ --column readout --metric test/accuracy
 
-Rows are datasets; columns are aggregators (``--column pool``: the pool name, with the fixed alpha
-or "learned"), readouts (``readout``) or losses (``loss``). Each cell is the mean ± std (in %) of
-``--metric`` over the runs that share the row and column, with the number of runs; the best
-mean of each row is in bold. Prints Markdown, then LaTeX (booktabs).
+Rows are datasets (``--row`` adds other config keys, e.g. ``--row dataset.name --row model.name``
+for one row per dataset and backbone); columns are aggregators (``--column pool``: the pool name,
+with the fixed alpha or "learned"), readouts (``readout``) or losses (``loss``). Each cell is the
+mean ± std (in %) of ``--metric`` over the runs that share the row and column, with the number of
+runs; the best mean of each row is in bold. Prints Markdown, then LaTeX (booktabs).
+
+``--seconds`` adds a table of the median seconds per epoch of each cell, with its ratio to the
+row's first column (the backbone's default when that is listed first); ``--learned`` adds the
+learned aggregator parameters at each run's best epoch (alpha, p, t, a, b): per layer, the median
+over runs of their mean over channels, and their range.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import pathlib
 import statistics
 import sys
 
-from gaflax.journal import Journal, default_path
+import numpy as np
+
+from gaflax.journal import Journal, _flatten, default_path
 from gaflax.pooling import AGGREGATORS
 
 
@@ -55,9 +63,19 @@ def load_runs(journal_path=None, runs_dir=None, filters=None) -> list[dict]:
     return [r for r in journal.runs({"status": "done", **(filters or {})})]
 
 
-def collect(runs, column: str, metric: str):
-    """{dataset: {column label: [values]}} and the column labels: plain ones in first-seen order, then
-    fixed exponents by alpha, then learned ones (so reruns do not reorder the table)."""
+def row_label(config: dict, rows: list[str]) -> str:
+    """The row of a run: the values of the flattened config keys ``rows``, joined by " / "."""
+    flat = _flatten(config)
+    missing = [key for key in rows if key not in flat]
+    if missing:
+        raise ValueError(f"make_table: --row {missing[0]!r} is not a config key (e.g. dataset.name, model.name)")
+    return " / ".join(str(flat[key]) for key in rows)
+
+
+def collect(runs, column: str, metric: str, rows=("dataset.name",), value=None):
+    """{row: {column label: [values]}} and the column labels: plain ones in first-seen order, then
+    fixed exponents by alpha, then learned ones (so reruns do not reorder the table). ``value(run)``
+    replaces ``run["results"][metric]`` as the collected value (runs without ``metric`` are left out)."""
     cells, columns = {}, []
     for run in runs:
         if metric not in run["results"]:
@@ -65,14 +83,49 @@ def collect(runs, column: str, metric: str):
         label = column_label(run["config"], column)
         if label not in columns:
             columns.append(label)
-        cells.setdefault(run["config"]["dataset"]["name"], {}).setdefault(label, []).append(run["results"][metric])
+        collected = run["results"][metric] if value is None else value(run)
+        cells.setdefault(row_label(run["config"], list(rows)), {}).setdefault(label, []).append(collected)
     return cells, sorted(columns, key=_column_order)
+
+
+def render_seconds(cells, columns) -> str:
+    """Median seconds per epoch of each cell, and its ratio to the row's first column."""
+    lines = ["| s/epoch (× first column) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row_name, row in cells.items():
+        medians = {c: statistics.median(row[c]) for c in columns if c in row}
+        reference = next((medians[c] for c in columns if c in medians), None)
+        texts = [f"{medians[c]:.3f} (×{medians[c] / reference:.1f})" if c in medians else "–" for c in columns]
+        lines.append("| " + " | ".join([row_name, *texts]) + " |")
+    return "\n".join(lines)
+
+
+def _layer_name(key: str) -> str:
+    """``gcn_0/t`` -> ``gcn_0/t``; a GA exponent's bare layer name ``gcn_0`` -> ``gcn_0/alpha``."""
+    return key if "/" in key else f"{key}/alpha"
+
+
+def render_learned(cells, columns) -> str:
+    """Per cell with learned parameters: ``layer/param median [min, max]``, the median over runs of
+    each run's mean over channels (and heads), and the range over every channel of every run."""
+    lines = ["| learned at the best epoch | column | parameters |", "|---|---|---|"]
+    for row_name, row in cells.items():
+        for c in columns:
+            per_key = {}
+            for alphas in row.get(c, []):
+                for key, value in (alphas or {}).items():
+                    per_key.setdefault(_layer_name(key), []).append(np.asarray(value, float).ravel())
+            if per_key:
+                texts = [f"{key} {np.median([v.mean() for v in values]):.2f} "
+                         f"[{min(v.min() for v in values):.2f}, {max(v.max() for v in values):.2f}]"
+                         for key, values in sorted(per_key.items())]
+                lines.append(f"| {row_name} | {c} | " + "; ".join(texts) + " |")
+    return "\n".join(lines)
 
 
 def _column_order(label: str):
     if "α=" in label:
         return (1, float(label.split("α=")[1]))
-    return (2, 0.0) if label.endswith("learned") else (0, 0.0)
+    return (2, 0.0) if label.endswith(" learned") else (0, 0.0)
 
 
 def _stats(values):
@@ -81,13 +134,13 @@ def _stats(values):
     return mean, std
 
 
-def render(cells, columns, latex: bool = False) -> str:
+def render(cells, columns, latex: bool = False, header: str = "dataset") -> str:
     lines = []
     if latex:
         lines += [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
-                  " & ".join(["Dataset", *columns]) + r" \\", r"\midrule"]
+                  " & ".join([header.capitalize(), *columns]) + r" \\", r"\midrule"]
     else:
-        lines += ["| dataset | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {header} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for dataset, row in cells.items():
         stats = {c: _stats(row[c]) for c in columns if c in row}
         best = max(m for m, _ in stats.values())
@@ -116,14 +169,32 @@ def main(argv=None):
                         help="journal filter, e.g. hypothesis=... or trainer.max_epochs=1000 (repeatable)")
     parser.add_argument("--column", default="pool", choices=("pool", "readout", "loss"))
     parser.add_argument("--metric", default="test/accuracy")
+    parser.add_argument("--row", action="append", default=None, metavar="KEY",
+                        help="config key that makes the rows (repeatable; default dataset.name)")
+    parser.add_argument("--seconds", action="store_true", help="also the seconds per epoch of each cell")
+    parser.add_argument("--learned", action="store_true", help="also the learned aggregator parameters")
     args = parser.parse_args(argv)
     filters = dict(item.split("=", 1) for item in args.filter)
-    cells, columns = collect(load_runs(args.journal, args.runs, filters), args.column, args.metric)
+    rows = args.row or ["dataset.name"]
+    runs = load_runs(args.journal, args.runs, filters)
+    try:
+        cells, columns = collect(runs, args.column, args.metric, rows)
+    except ValueError as error:
+        sys.exit(str(error))
     if not cells:
         sys.exit(f"make_table: no finished runs with {args.metric!r} found")
-    print(render(cells, columns))
+    header = " / ".join(key.removesuffix(".name") for key in rows)
+    print(render(cells, columns, header=header))
     print()
-    print(render(cells, columns, latex=True))
+    print(render(cells, columns, latex=True, header=header))
+    if args.seconds:
+        timed = [run for run in runs if "seconds_per_epoch" in run["results"]]
+        print()
+        print(render_seconds(*collect(timed, args.column, "seconds_per_epoch", rows)))
+    if args.learned:
+        print()
+        print(render_learned(*collect(runs, args.column, args.metric, rows,
+                                      value=lambda run: run["results"].get("alphas"))))
 
 
 if __name__ == "__main__":

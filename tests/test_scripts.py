@@ -58,6 +58,30 @@ def test_make_table_markdown_and_latex(jr, capsys):
     assert r"\textbf{85.0 $\pm$ 1.0}" in latex and r"\toprule" in latex
 
 
+def test_make_table_rows_seconds_and_learned_parameters(tmp_path, capsys):
+    """--row splits a dataset by backbone; --seconds gives each cell's median s/epoch and its ratio
+    to the row's first column; --learned the median over runs of each layer's mean parameter."""
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    for seed in range(3):
+        for model, base in (("gcn", 0.01), ("gat", 0.1)):
+            for pool, factor, alphas in (("weighted_sum", 1, {}), ("powermean", 4, {"x_0/p": [[1.0 + seed, 3.0]]})):
+                config = Config.from_dict({"model": {"name": model}, "pool": {"name": pool}, "seed": seed}).to_dict()
+                decision = jr.begin(config, {"dataset": "cora"}, code=CODE)
+                jr.finish(decision.run_id, {"test/accuracy": 0.8 + 0.01 * seed + (model == "gat") * 0.02,
+                                            "seconds_per_epoch": base * factor * (1 + seed / 10), "alphas": alphas})
+    table = _script("make_table")
+    table.main(["--journal", str(jr.path), "--row", "dataset.name", "--row", "model.name", "--seconds", "--learned"])
+    out = capsys.readouterr().out
+    assert "| dataset / model | weighted_sum | powermean |" in out
+    assert "| cora / gcn | **81.0 ± 1.0** (3) | **81.0 ± 1.0** (3) |" in out
+    assert "| cora / gat | **83.0 ± 1.0** (3) |" in out
+    assert "| cora / gcn | 0.011 (×1.0) | 0.044 (×4.0) |" in out
+    assert "| cora / gat | 0.110 (×1.0) | 0.440 (×4.0) |" in out
+    assert "| cora / gcn | powermean | x_0/p 2.50 [1.00, 3.00] |" in out  # means 2, 2.5, 3; range 1..3
+    with pytest.raises(SystemExit, match="model.nmae"):
+        table.main(["--journal", str(jr.path), "--row", "model.nmae"])
+
+
 def test_make_table_from_run_directories(tmp_path, capsys):
     config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 100, "task": "classification"}},
                                "model": {"hidden": 2, "heads": 1}, "trainer": {"max_epochs": 2, "progress": False}})
