@@ -126,6 +126,16 @@ class MLPConfig(ModelConfig):
 
 
 @dataclasses.dataclass
+class AggregatorConfig(ModelConfig):
+    """The ``pool`` aggregator alone, on messages x_j (GenAgg's aggregator-regression benchmark).
+    ``hidden`` is unused (there is no hidden layer); it exists so that ``debug=fast``, which sets
+    every model's ``hidden``, applies here too."""
+
+    name: str = "aggregator"
+    hidden: int = 1
+
+
+@dataclasses.dataclass
 class PoolConfig:
     """A pooling operator from ``gaflax.pooling.AGGREGATORS`` and its options: the GA exponent
     (``alpha``, fixed or learned per ``scope`` as ``tanh(lr_mult * theta)``) and GA's positive

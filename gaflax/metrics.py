@@ -221,7 +221,8 @@ def trivial_baselines(y_train, y_test, num_classes: int, seed: int = 0) -> dict:
 
 
 def regression_summary(y_true, y_pred) -> dict:
-    """RMSE, MAE and the coefficient of determination R^2 (0 for constant targets predicted exactly)."""
+    """MSE, RMSE, MAE, the coefficient of determination R^2 (0 for constant targets predicted
+    exactly) and Pearson's r (0 when either side is constant)."""
     y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"regression_summary: shapes {y_true.shape} and {y_pred.shape} must be equal and 1-D")
@@ -230,7 +231,10 @@ def regression_summary(y_true, y_pred) -> dict:
     error = y_pred - y_true
     total = np.sum((y_true - y_true.mean()) ** 2)
     r2 = 1 - np.sum(error**2) / total if total > 0 else 0.0
-    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error))), "r2": float(r2)}
+    spread = np.std(y_true) * np.std(y_pred)
+    pearson = np.mean((y_true - y_true.mean()) * (y_pred - y_pred.mean())) / spread if spread > 0 else 0.0
+    return {"mse": float(np.mean(error**2)), "rmse": float(np.sqrt(np.mean(error**2))),
+            "mae": float(np.mean(np.abs(error))), "r2": float(r2), "pearson_r": float(pearson)}
 
 
 def summary(y_true, y_pred, num_classes: int, scores=None) -> dict:

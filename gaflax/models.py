@@ -475,6 +475,30 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class _AggregatorLayer(nn.Module):
+    aggregate: Callable
+    exponent: pooling.ExponentSpec | None
+
+    @nn.compact
+    def __call__(self, messages, receivers, num_segments):
+        return aggregate_neighbours(self, self.aggregate, self.exponent, messages, receivers, num_segments, None)
+
+
+class AggregatorOnly(nn.Module):
+    """The aggregator alone (GenAgg's aggregator-regression benchmark): ``messages`` ``[E, C]``
+    (x_j of each edge) pooled per receiver into ``[num_segments, C]``; its learnable parameters
+    (and GA exponent) live in the submodule ``aggregator``."""
+
+    aggregate: Callable
+    exponent: pooling.ExponentSpec | None = None
+
+    @nn.compact
+    def __call__(self, messages, receivers, num_segments: int, *, deterministic: bool = True):
+        pooled = _AggregatorLayer(self.aggregate, self.exponent, name="aggregator")(messages[:, None, :], receivers,
+                                                                                    num_segments)
+        return pooled[:, 0, :]
+
+
 def alphas_from_intermediates(intermediates) -> dict:
     """{'gat_0': alpha, 'readout_alpha': alpha, ...} (nested lists) for every exponent a model
     ``sow``ed during apply: layer exponents are named by their layer."""
@@ -530,6 +554,11 @@ def _build_mlp(config: Config, kind: str, num_classes: int, data_stats: dict | N
     return MLP(num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout)
 
 
+def _build_aggregator(config: Config, kind: str, num_classes: int, data_stats: dict | None = None) -> nn.Module:
+    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
+    return AggregatorOnly(aggregate=aggregate, exponent=exponent)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """A registered model: ``build(config, kind, num_classes, data_stats)`` -> a flax module for a
@@ -546,4 +575,5 @@ MODELS: Registry[ModelEntry] = Registry("model", {
     "sage": ModelEntry(_build_backbone, kinds=("node", "graph")),
     "gin": ModelEntry(_build_backbone, kinds=("node", "graph")),
     "mlp": ModelEntry(_build_mlp, kinds=("tabular",)),
+    "aggregator": ModelEntry(_build_aggregator, kinds=("aggregator_regression",)),
 })

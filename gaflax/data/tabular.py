@@ -64,7 +64,7 @@ def _imblearn(module: str, cls: str, seeded: bool = True):
 #: ``trainer.resample``: "balanced" draws a class-balanced subset of the training nodes each epoch;
 #: the others resample tabular training rows (imbalanced-learn).
 RESAMPLERS: Registry[Resampler] = Registry("resampler", {
-    "none": Resampler(kinds=("node", "graph", "tabular")),
+    "none": Resampler(kinds=("node", "graph", "tabular", "aggregator_regression")),
     "balanced": Resampler(kinds=("node",)),
     "random_over": Resampler(kinds=("tabular",), make=_imblearn("over_sampling", "RandomOverSampler")),
     "random_under": Resampler(kinds=("tabular",), make=_imblearn("under_sampling", "RandomUnderSampler")),
