@@ -102,6 +102,7 @@ def test_learning_moves_the_aggregator_towards_the_target(tmp_path):
     assert 0.9 < learned["test/pearson_r"] <= 1
 
 
+@pytest.mark.slow
 def test_a_grid_member_equals_its_sequential_run(tmp_path):
     """Seeds 0-2 as one vmapped program give what three sequential runs give (init and data keys
     come from each member's seed)."""
@@ -114,6 +115,7 @@ def test_a_grid_member_equals_its_sequential_run(tmp_path):
     assert grid[0]["test/mse"] != grid[1]["test/mse"]  # different seeds, different data
 
 
+@pytest.mark.slow
 def test_preset_debug_fast_runs_one_cell(tmp_path):
     """``python -m experiments.train experiment=aggregator_regression debug=fast``: seconds, five
     seeds of the learned GA on the max, recorded in the journal."""
