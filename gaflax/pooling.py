@@ -290,6 +290,46 @@ def laf(messages, segment_ids, num_segments, weights=None, alpha=None, params=No
     return out if messages.ndim == 3 else out[:, 0, :]
 
 
+def extended_ga(messages, segment_ids, num_segments, weights=None, alpha=None, params=None):
+    """GA with a degree scaling, a mean shift and a learned choice between its signed and
+    magnitude forms (the GA family's answer to GenAgg's breadth; derivation in docs/ga_math.md §4):
+
+        z_j   = x_j - b * mean_j x_j
+        out_i = n_i^gamma * ((1 - s) * LGA_p(z) + s * GA_p(|z|)) + delta * log n_i,
+
+    with LGA_p the log-domain GA ``(1/p) log sum wbar exp(p z)`` (signed: min, mean, max, soft
+    versions between), GA_p the power mean of the magnitudes, n_i the segment's number of rows,
+    p = tan(pi alpha / 2) from the layer's exponent, and per channel the learned b and s in
+    [0, 1] (``unit_interval``: both ends are reached exactly), gamma and delta (start 0). The means
+    use the attention weights when given (``wbar``). At s = 0 or 1 and alpha = +-1 every piece
+    is exact, with the GA primitive's gradients. Empty segments give 0.
+
+    It contains 12 of GenAgg's 13 regression targets exactly (``tests/test_aggregators.py``):
+    max, min, mean (s = 0, p = inf, -inf, 0), sum (and gamma = 1), log-sum-exp (p = 1, delta = 1),
+    max / min / geometric / harmonic mean of magnitudes (s = 1), rms (p = 2), 2-norm (and
+    gamma = 1/2), std (p = 2, b = 1). Not the product of magnitudes (GA_0(|x|)^n).
+    """
+    channels = messages.shape[1:]
+    b = _per_channel(unit_interval(params["b"]), messages)
+    s = _per_channel(unit_interval(params["gate"]), messages)
+    gamma, delta = _per_channel(params["gamma"], messages), _per_channel(params["delta"], messages)
+    count = _count(messages, segment_ids, num_segments)
+    n = jnp.maximum(count, 1)
+    if weights is None:
+        centre = _sum(messages, segment_ids, num_segments) / n
+    else:
+        w = _expand(weights, messages)
+        mass = _sum(w, segment_ids, num_segments)
+        centre = _sum(w * messages, segment_ids, num_segments) / jnp.where(mass > 0, mass, 1)
+    z = messages - b * centre[segment_ids]
+    signed = segment_log_ga(z, segment_ids, num_segments, alpha=alpha, weights=weights)
+    magnitude = segment_ga(jnp.abs(z), segment_ids, num_segments, alpha=alpha, weights=weights)
+    mixed = (1 - s) * signed + s * magnitude
+    log_n = jnp.log(n)
+    out = jnp.exp(gamma * log_n) * mixed + delta * log_n
+    return jnp.where(count > 0, out, 0).reshape(num_segments, *channels)
+
+
 #: GenAgg's f: R -> R^4 and its learned inverse R^4 -> R, MLPs of these widths (the authors' default).
 GENAGG_WIDTHS = (1, 2, 2, 4)
 
@@ -512,6 +552,9 @@ AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
                   decay=True, report=False),
         ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
     "genagg": Aggregator(genagg, params=_genagg_specs(), aux_loss=True),
+    "extended_ga": Aggregator(extended_ga, takes_exponent=True, uses_weights=True, params=(
+        ParamSpec("b", 0.0, reported=unit_interval), ParamSpec("gate", 0.5, reported=unit_interval),
+        ParamSpec("gamma", 0.0), ParamSpec("delta", 0.0))),
     "laf": Aggregator(laf, params=(
         ParamSpec("laf", jax.nn.initializers.uniform(1.0), shape=lambda heads, channels: (12, heads, channels, LAF_UNITS),
                   report=False),

@@ -532,3 +532,88 @@ def test_genagg_equals_the_authors_package():
     grad = jax.grad(lambda v: jnp.sum(pool(v, jnp.asarray(ids, jnp.int32), 6, params=params)))(jnp.asarray(x))
     np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The extended GA
+# ---------------------------------------------------------------------------------------------
+def _alpha(p):
+    return float(np.sign(p)) if np.isinf(p) else 2 / np.pi * np.arctan(p)
+
+
+#: GenAgg's regression targets that the extended GA contains, with the parameters that give them:
+#: (p, gate s, mean shift b, degree exponent gamma, log-degree weight delta).
+EXTENDED_GA_COVERS = {
+    "max": (np.inf, 0, 0, 0, 0), "min": (-np.inf, 0, 0, 0, 0), "mean": (0.0, 0, 0, 0, 0), "sum": (0.0, 0, 0, 1, 0),
+    "logsumexp": (1.0, 0, 0, 0, 1), "max_mag": (np.inf, 1, 0, 0, 0), "min_mag": (-np.inf, 1, 0, 0, 0),
+    "geomean_mag": (0.0, 1, 0, 0, 0), "harmean_mag": (-1.0, 1, 0, 0, 0), "rms": (2.0, 1, 0, 0, 0),
+    "norm2": (2.0, 1, 0, 0.5, 0), "std": (2.0, 1, 1, 0, 0),
+}
+
+
+def _extended_ga_params(s, b, gamma, delta, channels=6):
+    return {name: jnp.full((1, channels), value, jnp.float64)
+            for name, value in (("gate", s), ("b", b), ("gamma", gamma), ("delta", delta))}
+
+
+@pytest.mark.parametrize("target", sorted(EXTENDED_GA_COVERS))
+def test_extended_ga_contains_twelve_regression_targets_exactly(target, x64):
+    """With the parameters of EXTENDED_GA_COVERS, the extended GA is GenAgg's regression target
+    (the authors' formulas, float64) on the benchmark's graphs, including the limits p = +-inf."""
+    from gaflax.data.aggregator_regression import edge_lists, sample_graphs
+
+    p, s, b, gamma, delta = EXTENDED_GA_COVERS[target]
+    x, adjacency, y = sample_graphs(jax.random.key(5), target, 40, 8, 6, 0.3)
+    senders, receivers = edge_lists(adjacency)
+    pool, _ = pooling.make("extended_ga")
+    messages = x.reshape(-1, 6)[senders][:, None, :]
+    out = pool(messages, receivers, 40 * 8 + 1, alpha=jnp.full((1, 6), _alpha(p)),
+               params=_extended_ga_params(s, b, gamma, delta))[:-1, 0]
+    np.testing.assert_allclose(out, y.reshape(-1, 6), rtol=1e-9, atol=1e-11)
+
+
+def np_extended_ga(rows, weights, p, s, b, gamma, delta):
+    """One segment, float64: z = x - b * wmean(x); n^gamma ((1 - s) LGA_p(z) + s GA_p(|z|)) + delta log n."""
+    if len(rows) == 0:
+        return np.zeros(rows.shape[1:])
+    w = weights / weights.sum()
+    z = rows - b * np.sum(w * rows, axis=0)
+    if p == 0:
+        signed, magnitude = np.sum(w * z, axis=0), np.exp(np.sum(w * np.log(np.abs(z)), axis=0))
+    else:
+        signed = np.log(np.sum(w * np.exp(p * z), axis=0)) / p
+        magnitude = np.sum(w * np.abs(z) ** p, axis=0) ** (1 / p)
+    n = len(rows)
+    return n**gamma * ((1 - s) * signed + s * magnitude) + delta * np.log(n)
+
+
+def test_extended_ga_matches_the_float64_formula_and_its_gradients(x64):
+    """Values against the NumPy formula with attention weights, random parameters inside their
+    ranges and an empty segment; check_grads (reverse mode, float64) for the messages, b, s, gamma
+    and delta; finite gradients at the ends s, b in {0, 1} and alpha = +-1."""
+    pool, _ = pooling.make("extended_ga")
+    rng = np.random.default_rng(21)
+    x, ids, segments, _ = _case(21, channels=(1, 3))
+    weights = rng.uniform(0.2, 1.0, (len(x), 1))
+    for p in (-1.5, 0.7, 2.0):
+        s, b, gamma, delta = rng.uniform(0.1, 0.9, 4)
+        params = {k: v[:, :3] for k, v in _extended_ga_params(s, b, gamma, delta).items()}
+        out = pool(jnp.asarray(x), jnp.asarray(ids), segments, weights=jnp.asarray(weights),
+                   alpha=jnp.full((1, 3), _alpha(p)), params=params)
+        for seg in range(segments):
+            rows = x[ids == seg]
+            expected = np_extended_ga(rows, weights[ids == seg][:, :, None], p, s, b, gamma, delta)
+            np.testing.assert_allclose(out[seg], expected, rtol=1e-10, atol=1e-12, err_msg=f"p={p} segment {seg}")
+    ids_j, w_j = jnp.asarray(ids), jnp.asarray(weights)
+
+    def f(x, b, s, gamma, delta, alpha=0.3):
+        params = {"b": b, "gate": s, "gamma": gamma, "delta": delta}
+        return pool(x, ids_j, segments, weights=w_j, alpha=jnp.full((1, 3), alpha), params=params)
+
+    inside = [jnp.full((1, 3), v) for v in (0.4, 0.6, 0.3, 0.2)]
+    check_grads(f, (jnp.asarray(x), *inside), order=1, modes=("rev",), eps=1e-7)
+    for alpha in (-1.0, 1.0):
+        for end in (0.0, 1.0):
+            ends = [jnp.full((1, 3), end), jnp.full((1, 3), end), inside[2], inside[3]]
+            grads = jax.grad(lambda *a: jnp.sum(f(*a, alpha=alpha)), argnums=(0, 1, 2, 3, 4))(jnp.asarray(x), *ends)
+            assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads), (alpha, end)

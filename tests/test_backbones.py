@@ -81,7 +81,7 @@ def test_gin_layer_is_mlp_of_eps_self_plus_neighbour_sum(x64):
 # exponent, per-channel parameters, weight matrices and data statistics, an auxiliary loss, and one
 # that ignores the weights; the default and GA in SAGE and GIN. tests/test_pooling.py holds every
 # operator to the registry's contract.
-CASES = [("gcn", name) for name in ("weighted_sum", "ga", "powermean", "pna", "genagg", "max")] + [
+CASES = [("gcn", name) for name in ("weighted_sum", "ga", "powermean", "pna", "genagg", "max", "extended_ga")] + [
     (backbone, name) for backbone in ("sage", "gin") for name in ("weighted_sum", "ga")]
 
 
