@@ -11,7 +11,7 @@ import pytest
 from gaflax import data, pooling, tasks
 from gaflax.compat import jraph
 from gaflax.config import Config
-from gaflax.models import GAT, MODELS, GATLayer, GraphGAT, LayerOptions, add_self_loops, sparse_features
+from gaflax.models import GAT, MODELS, AggregatorOnly, GATLayer, GraphGAT, LayerOptions, add_self_loops, sparse_features
 from gaflax.train import train_and_evaluate
 
 #: One entry per distinct operator ("sum" is "weighted_sum" under its readout name).
@@ -195,7 +195,7 @@ def test_train_and_evaluate_writes_run_directory(tmp_path):
     ("readout", {"lr_mult": 0.0}, "readout.lr_mult=0.0 must be positive"),
     ("optimizer", {"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\] in 'optimizer'"),
     ("model", {"name": "mlp", "heads": 2}, r"unknown key\(s\) \['heads'\] in 'model'"),
-    ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['gat', 'gcn', 'gin', 'mlp', 'sage'\]"),
+    ("model", {"name": "transformer"}, r"model.name='transformer' is not one of \['aggregator', 'gat', 'gcn', 'gin', 'mlp', 'sage'\]"),
     # Non-finite rates and wrong types (#21): before, inf trained to NaN and ended 'done', 'abc'
     # gave a TypeError about <=, and 1.5 a JAX shape error.
     ("optimizer", {"lr": float("inf")}, "optimizer.lr=inf must be positive and finite"),
@@ -237,9 +237,13 @@ def test_every_model_builds_for_its_kinds():
     for name, entry in MODELS.items():
         for kind in entry.kinds:
             ds = {"node": SimpleNamespace(kind="node", num_classes=3), "graph": SimpleNamespace(kind="graph", num_classes=3),
-                  "tabular": SimpleNamespace(kind="tabular", num_classes=2)}[kind]
+                  "tabular": SimpleNamespace(kind="tabular", num_classes=2),
+                  "aggregator_regression": SimpleNamespace(kind="aggregator_regression", num_classes=1)}[kind]
             model = tasks.build_model(Config.from_dict({"model": {"name": name}}), ds)
-            assert model.num_classes == ds.num_classes
+            if kind == "aggregator_regression":  # the aggregator alone: its output has the messages' channels
+                assert isinstance(model, AggregatorOnly)
+            else:
+                assert model.num_classes == ds.num_classes
 
 
 def test_hash_dropout_rate_scaling_and_determinism(key):
