@@ -100,8 +100,9 @@ def render_seconds(cells, columns) -> str:
 
 
 def _layer_name(key: str) -> str:
-    """``gcn_0/t`` -> ``gcn_0/t``; a GA exponent's bare layer name ``gcn_0`` -> ``gcn_0/alpha``."""
-    return key if "/" in key else f"{key}/alpha"
+    """``gcn_0/t`` and ``readout_alpha`` as they are; a GA exponent's bare layer name ``gcn_0`` ->
+    ``gcn_0/alpha``."""
+    return key if "/" in key or key.endswith("alpha") else f"{key}/alpha"
 
 
 def render_learned(cells, columns) -> str:
