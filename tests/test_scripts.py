@@ -82,6 +82,31 @@ def test_make_table_rows_seconds_and_learned_parameters(tmp_path, capsys):
         table.main(["--journal", str(jr.path), "--row", "model.nmae"])
 
 
+def test_plot_regression_draws_targets_by_method(tmp_path, capsys):
+    """plot_regression groups gaflax's runs by target and pool, adds the peers' JSON rows, and
+    writes a PNG; a journal without regression runs is a clear exit."""
+    import json
+
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    for seed in range(2):
+        for pool, mse in (("ga", 0.01), ("mean", 0.5)):
+            config = Config.from_dict({"dataset": {"name": "aggregator_regression", "options": {"target": "std"}},
+                                       "model": {"name": "aggregator"}, "pool": {"name": pool},
+                                       "loss": {"name": "mse"}, "seed": seed}).to_dict()
+            decision = jr.begin(config, {"generator": "x"}, code=CODE)
+            jr.finish(decision.run_id, {"test/mse": mse * (1 + seed)})
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"rows": [{"target": "std", "peer": "genagg", "test_mse": 0.2}]}))
+    plot = _script("plot_regression")
+    cells = plot.collect(gj.Journal(tmp_path / "j.sqlite").runs({"status": "done"}),
+                         json.loads(peers.read_text())["rows"])
+    assert cells == {("std", "ga"): [0.01, 0.02], ("std", "mean"): [0.5, 1.0], ("std", "genagg (PyTorch)"): [0.2]}
+    plot.main(["--journal", str(jr.path), "--peers", str(peers), "--out", str(tmp_path / "r.png")])
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no finished aggregator_regression runs"):
+        plot.main(["--journal", str(jr.path), "--filter", "seed=7", "--out", str(tmp_path / "none.png")])
+
+
 def test_make_table_from_run_directories(tmp_path, capsys):
     config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 100, "task": "classification"}},
                                "model": {"hidden": 2, "heads": 1}, "trainer": {"max_epochs": 2, "progress": False}})

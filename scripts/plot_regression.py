@@ -1,0 +1,88 @@
+"""The figure of GenAgg's aggregator-regression benchmark, from the lab journal: per target, the
+test MSE of each aggregator (mean over seeds, the bar; ± std, the whisker), on a log scale. The
+peers' rows from ``scripts/regression_peers.py`` join it with ``--peers``.
+
+    python scripts/plot_regression.py --journal results/regression.sqlite --out docs/figures/regression.png
+    python scripts/plot_regression.py --journal results/regression.sqlite --peers results/regression_peers.json
+
+``--filter KEY=VALUE`` narrows the journal runs (e.g. ``trainer.max_epochs=20`` for one step count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gaflax.data.aggregator_regression import TARGETS  # noqa: E402
+from gaflax.journal import Journal  # noqa: E402
+
+
+def collect(runs, peer_rows=()) -> dict:
+    """{(target, method): [test MSE per seed]}: gaflax's runs by ``pool.name``, the peers' as
+    ``<peer> (PyTorch)``."""
+    cells = {}
+    for run in runs:
+        if run["config"]["dataset"]["name"] != "aggregator_regression" or "test/mse" not in run["results"]:
+            continue
+        target = run["config"]["dataset"]["options"].get("target", "max")
+        cells.setdefault((target, run["config"]["pool"]["name"]), []).append(run["results"]["test/mse"])
+    for row in peer_rows:
+        cells.setdefault((row["target"], f"{row['peer']} (PyTorch)"), []).append(row["test_mse"])
+    return cells
+
+
+def plot(cells, out):
+    targets = [t for t in TARGETS if any(key[0] == t for key in cells)]
+    methods = list(dict.fromkeys(method for _, method in cells))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(targets) + 2), 3.8))
+    for k, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for i, target in enumerate(targets):
+            values = cells.get((target, method))
+            if values:
+                xs.append(i + (k - (len(methods) - 1) / 2) * width)
+                means.append(statistics.fmean(values))
+                stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        means, stds = np.array(means), np.array(stds)
+        lower = np.minimum(stds, 0.999 * means)  # whiskers stay above 0 on the log scale
+        ax.bar(xs, means, width, yerr=[lower, stds], label=method, capsize=2)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test MSE (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--peers", default=None, help="JSON written by scripts/regression_peers.py")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default="docs/figures/regression.png")
+    args = parser.parse_args(argv)
+    filters = dict(item.split("=", 1) for item in args.filter)
+    runs = Journal(args.journal).runs({"status": "done", **filters})
+    peer_rows = json.loads(pathlib.Path(args.peers).read_text())["rows"] if args.peers else ()
+    cells = collect(runs, peer_rows)
+    if not cells:
+        sys.exit("plot_regression: no finished aggregator_regression runs with test/mse found")
+    plot(cells, args.out)
+
+
+if __name__ == "__main__":
+    main()
