@@ -309,15 +309,14 @@ def extended_ga(messages, segment_ids, num_segments, weights=None, alpha=None, p
     max / min / geometric / harmonic mean of magnitudes (s = 1), rms (p = 2), 2-norm (and
     gamma = 1/2), std (p = 2, b = 1). Not the product of magnitudes (GA_0(|x|)^n).
     """
-    channels = messages.shape[1:]
     b = _per_channel(unit_interval(params["b"]), messages)
     s = _per_channel(unit_interval(params["gate"]), messages)
     gamma, delta = _per_channel(params["gamma"], messages), _per_channel(params["delta"], messages)
     count = _count(messages, segment_ids, num_segments)
     n = jnp.maximum(count, 1)
     if weights is None:
-        centre = _sum(messages, segment_ids, num_segments) / n
-    else:
+        centre = mean(messages, segment_ids, num_segments)
+    else:  # the attention-weighted mean, as LGA and GA weigh the rows
         w = _expand(weights, messages)
         mass = _sum(w, segment_ids, num_segments)
         centre = _sum(w * messages, segment_ids, num_segments) / jnp.where(mass > 0, mass, 1)
@@ -327,7 +326,7 @@ def extended_ga(messages, segment_ids, num_segments, weights=None, alpha=None, p
     mixed = (1 - s) * signed + s * magnitude
     log_n = jnp.log(n)
     out = jnp.exp(gamma * log_n) * mixed + delta * log_n
-    return jnp.where(count > 0, out, 0).reshape(num_segments, *channels)
+    return jnp.where(count > 0, out, 0)
 
 
 #: GenAgg's f: R -> R^4 and its learned inverse R^4 -> R, MLPs of these widths (the authors' default).

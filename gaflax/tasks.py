@@ -74,6 +74,12 @@ def make_optimizer(config: Config, params):
     return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask), optax.adam(config.optimizer.lr))
 
 
+def auxiliary_loss(state) -> jax.Array:
+    """The auxiliary losses the aggregators sowed during ``apply`` (GenAgg's inverse
+    reconstruction, collection ``losses``), summed; 0 when there are none."""
+    return sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
+
+
 def make_steps(model, tx, loss=losses.cross_entropy):
     """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
     the real graphs (padded batches) that count, and ``loss(logits, labels, mask)`` is one of
@@ -85,9 +91,7 @@ def make_steps(model, tx, loss=losses.cross_entropy):
         extra = {} if alpha is None else {"alpha": alpha}
         logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
                                     mutable=["intermediates", "losses"], **extra)
-        # Auxiliary losses the aggregators sow (GenAgg's inverse reconstruction), summed.
-        auxiliary = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
-        return logits, state.get("intermediates", {}), auxiliary
+        return logits, state.get("intermediates", {}), auxiliary_loss(state)
 
     def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
         def objective(params):
@@ -285,7 +289,20 @@ class GraphTask(Task):
         return [(out, alphas)]
 
 
-class NodeGrid(Task):
+@jax.jit
+def _select_members(new, old, take):
+    """Member m of ``new`` where ``take[m]``, else of ``old`` (a leading member axis)."""
+    return jax.tree.map(lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+class _Grid(Task):
+    """A task whose parameters carry a leading member axis: each member keeps its own best epoch."""
+
+    def select(self, new, old, take):
+        return _select_members(new, old, jnp.asarray(take)) if np.any(take) else old
+
+
+class NodeGrid(_Grid):
     """Many seeds (and fixed exponents) of one node-task run in one compiled program.
 
     It wraps an uncompiled ``NodeTask`` of the first member (its graph, model, optimizer and pure
@@ -328,8 +345,6 @@ class NodeGrid(Task):
                                                        self.masks[:, 0], self.keys_dropout, self.alphas, 0).compile()
         self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0, alpha_axis))).lower(
             self.params, self.graph, self.labels, self.masks, self.alphas).compile()
-        self._select = jax.jit(lambda new, old, take: jax.tree.map(
-            lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
         self.compile_seconds = time.perf_counter() - start
 
     def train_epoch(self, epoch) -> np.ndarray:
@@ -351,11 +366,8 @@ class NodeGrid(Task):
             out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
         return out
 
-    def select(self, new, old, take):
-        return self._select(new, old, jnp.asarray(take)) if np.any(take) else old
 
-
-class AggregatorRegressionGrid(Task):
+class AggregatorRegressionGrid(_Grid):
     """GenAgg's aggregator-regression benchmark (``gaflax.data.aggregator_regression``): the
     aggregator alone learns to be the target aggregate, on fresh graphs at every step. The seeds
     of a grid (a sequential run is a grid of one) train as one vmapped program; each "epoch" is
@@ -388,8 +400,7 @@ class AggregatorRegressionGrid(Task):
             num_nodes = (receivers.shape[0] // (n - 1))  # B n; the segment B n collects the non-edges
             predicted, state = model.apply({"params": params}, messages, receivers, num_nodes + 1,
                                            mutable=["intermediates", "losses"])
-            auxiliary = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
-            return predicted[:num_nodes], state.get("intermediates", {}), auxiliary
+            return predicted[:num_nodes], state.get("intermediates", {}), auxiliary_loss(state)
 
         def mse(predicted, y):
             return loss(predicted.reshape(-1, 1), y.reshape(-1))
@@ -435,8 +446,6 @@ class AggregatorRegressionGrid(Task):
             self.params, self.opt_state, self.keys_data, 0).compile()
         self.eval_step = jax.jit(jax.vmap(eval_member, (0, None), axis_size=self.num_members)).lower(
             self.params, self.eval_sets).compile()
-        self._select = jax.jit(lambda new, old, take: jax.tree.map(
-            lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old))
         self.compile_seconds = time.perf_counter() - start
         self.targets = [np.asarray(y).reshape(-1) for _, _, y in self.eval_sets]
 
@@ -453,9 +462,6 @@ class AggregatorRegressionGrid(Task):
                       for i, (split, targets) in enumerate(zip(SPLITS, self.targets))}
             out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
         return out
-
-    def select(self, new, old, take):
-        return self._select(new, old, jnp.asarray(take)) if np.any(take) else old
 
 
 @dataclasses.dataclass(frozen=True)

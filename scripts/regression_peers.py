@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from gaflax.data.aggregator_regression import TARGETS, edge_lists, sample_graphs
+from gaflax.metrics import regression_summary
 from gaflax.tasks import AggregatorRegressionGrid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -120,12 +121,10 @@ def run(peer, target, steps, seed, test_set):
     with torch.no_grad():
         module.train()  # GenAgg's batch norm with batch statistics, as gaflax's (no running averages)
         predicted = module(messages, index=receivers, dim_size=y.shape[0]).numpy().reshape(-1)
-    truth = y.numpy().reshape(-1)
-    mse = float(np.mean((predicted - truth) ** 2))
-    spread = np.std(predicted) * np.std(truth)
-    pearson = float(np.mean((predicted - predicted.mean()) * (truth - truth.mean())) / spread) if spread > 0 else 0.0
+    summary = regression_summary(y.numpy().reshape(-1), predicted)  # gaflax's own test/mse, test/pearson_r
     tail = losses[-max(1, steps // 10):]
-    return dict(peer=peer, target=target, seed=seed, steps=steps, test_mse=mse, test_pearson_r=pearson,
+    return dict(peer=peer, target=target, seed=seed, steps=steps, test_mse=summary["mse"],
+                test_pearson_r=summary["pearson_r"],
                 train_mse_last_10pct=float(np.mean(tail)), seconds_per_step=statistics.median(step_seconds),
                 seconds_per_step_with_data=statistics.median(total_seconds),
                 params={name: p.detach().numpy().tolist() for name, p in module.named_parameters() if p.numel() == 1})

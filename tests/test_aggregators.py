@@ -444,6 +444,16 @@ def test_genagg_matches_the_float64_formula(x64):
                                pool(jnp.asarray(x), jnp.asarray(ids), segments, params=clipped), rtol=1e-12)
 
 
+def _genagg_gcn():
+    """A small GCN with GenAgg on synthetic nodes: (config, dataset, model, inputs, initial params)."""
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
+                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "genagg"}})
+    ds = load_dataset(config)
+    model = build_model(config, ds)
+    inputs = node_inputs(config, ds)[0]
+    return config, ds, model, inputs, init_params(model, *run_keys(0), inputs)
+
+
 def test_genagg_a_and_b_leave_the_bound_they_start_at():
     """a and b start at 0, the edge of [0, 1]. A descent step below 0 must not freeze them (plain
     clip has zero gradient there): the gradient passes when it points back into [0, 1], is 0 when
@@ -454,13 +464,8 @@ def test_genagg_a_and_b_leave_the_bound_they_start_at():
     assert float(grad(1.2, 3.0)) == 3.0 and float(grad(1.2, -3.0)) == 0.0
     assert float(grad(0.0, 2.0)) == 2.0 and float(grad(0.4, -1.0)) == -1.0
     np.testing.assert_allclose(pooling.unit_interval(jnp.asarray([-0.3, 0.5, 1.7])), [0.0, 0.5, 1.0])
-    # In a model: after a step that takes raw a below 0, a later gradient that wants a > 0 moves it.
-    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
-                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "genagg"}})
-    ds = load_dataset(config)
-    model = build_model(config, ds)
-    inputs = node_inputs(config, ds)[0]
-    params = init_params(model, *run_keys(0), inputs)
+    # In a model: a raw a below 0 is reported as the value GenAgg uses, 0.
+    _, _, model, inputs, params = _genagg_gcn()
     params["gcn_0"]["aggregator_params"]["a"] = jnp.asarray(-0.05)
     _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates"])
     assert float(state["intermediates"]["gcn_0"]["aggregator_params"]["a"][0]) == 0.0  # reported clipped
@@ -472,12 +477,7 @@ def test_genagg_reconstruction_loss_joins_the_objective():
     from gaflax import losses
     from gaflax.tasks import make_steps
 
-    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40, "task": "classification"}},
-                               "model": {"name": "gcn", "hidden": 4}, "pool": {"name": "genagg"}})
-    ds = load_dataset(config)
-    model = build_model(config, ds)
-    inputs = node_inputs(config, ds)[0]
-    params = init_params(model, *run_keys(0), inputs)
+    config, ds, model, inputs, params = _genagg_gcn()
     norms = {f"{prefix}{i}_{part}" for prefix in ("f", "f_inverse") for i in (0, 1) for part in ("scale", "shift")}
     assert set(params["gcn_0"]["aggregator_params"]) == {"a", "b"} | norms  # without weight decay
     _, state = model.apply({"params": params}, inputs, deterministic=True, mutable=["intermediates", "losses"])
