@@ -617,3 +617,28 @@ def test_extended_ga_matches_the_float64_formula_and_its_gradients(x64):
             ends = [jnp.full((1, 3), end), jnp.full((1, 3), end), inside[2], inside[3]]
             grads = jax.grad(lambda *a: jnp.sum(f(*a, alpha=alpha)), argnums=(0, 1, 2, 3, 4))(jnp.asarray(x), *ends)
             assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads), (alpha, end)
+
+
+def test_extended_ga_edges_zero_edges_one_node_and_nan(x64):
+    """Zero edges give 0 with finite (zero) parameter gradients; a single message gives
+    (1 - s) z + s |z| with z = (1 - b) x (n = 1: no degree term), at every alpha including +-1;
+    a NaN message makes its own segment NaN and leaves the others finite."""
+    pool, _ = pooling.make("extended_ga")
+    s, b, gamma, delta = 0.3, 0.4, 0.5, 0.2
+    params = {k: v[:, :3] for k, v in _extended_ga_params(s, b, gamma, delta).items()}
+
+    def call(x, ids, n, params, alpha=0.3):
+        return pool(x, ids, n, alpha=jnp.full((1, 3), alpha), params=params)
+
+    none = jnp.zeros((0,), jnp.int32)
+    np.testing.assert_array_equal(call(jnp.zeros((0, 1, 3)), none, 3, params), 0)
+    grads = jax.grad(lambda p: jnp.sum(call(jnp.zeros((0, 1, 3)), none, 3, p)))(params)
+    assert all(bool(jnp.all(g == 0)) for g in jax.tree_util.tree_leaves(grads))
+    x = jnp.asarray([[[1.0, -2.0, 0.5]]])
+    z = (1 - b) * np.asarray(x[0])
+    for alpha in (-1.0, -0.5, 0.0, 0.3, 1.0):
+        np.testing.assert_allclose(call(x, jnp.zeros((1,), jnp.int32), 1, params, alpha)[0],
+                                   (1 - s) * z + s * np.abs(z), rtol=1e-12, err_msg=f"alpha={alpha}")
+    rows = jnp.asarray(np.random.default_rng(4).normal(size=(6, 1, 3))).at[1, 0, 0].set(jnp.nan)
+    out = call(rows, jnp.asarray([0, 0, 0, 1, 1, 1], jnp.int32), 2, params)
+    assert bool(jnp.isnan(out[0, 0, 0])) and bool(jnp.all(jnp.isfinite(out[1])))
