@@ -383,21 +383,24 @@ class AggregatorRegressionGrid(_Grid):
     EVAL_KEYS = {"train": 2**31 - 3, "val": 2**31 - 2, "test": 2**31 - 1}
 
     def __init__(self, configs: list[Config], ds):
-        from gaflax.data.aggregator_regression import edge_lists, sample_graphs
+        from gaflax.data.aggregator_regression import edge_lists, edge_slots, sample_graphs
 
         self.ds, self.num_members = ds, len(configs)
         config = configs[0]
         model = build_model(config, ds)
         loss = losses.make_loss(config.loss)
         n, channels = ds.nodes_per_graph, ds.channels
+        slots = {b: edge_slots(b, n, ds.density) for b in (ds.graphs_per_step, ds.eval_graphs, 2)}
+        self.train_slots = slots[ds.graphs_per_step]
 
         def draw(key, num_graphs):
+            """(x_j per edge slot [S, C], receivers [S], y [B n, C], more edges than slots?)"""
             x, adjacency, y = sample_graphs(key, ds.target, num_graphs, n, channels, ds.density)
-            senders, receivers = edge_lists(adjacency)
-            return x.reshape(-1, channels)[senders], receivers, y.reshape(-1, channels)
+            senders, receivers, num_edges = edge_lists(adjacency, slots[num_graphs])
+            return x.reshape(-1, channels)[senders], receivers, y.reshape(-1, channels), num_edges > slots[num_graphs]
 
-        def forward(params, messages, receivers):
-            num_nodes = (receivers.shape[0] // (n - 1))  # B n; the segment B n collects the non-edges
+        def forward(params, messages, receivers, num_nodes):
+            """Predictions for the ``num_nodes`` nodes; the segment ``num_nodes`` collects the unused slots."""
             predicted, state = model.apply({"params": params}, messages, receivers, num_nodes + 1,
                                            mutable=["intermediates", "losses"])
             return predicted[:num_nodes], state.get("intermediates", {}), auxiliary_loss(state)
@@ -421,23 +424,27 @@ class AggregatorRegressionGrid(_Grid):
                 params, opt_state = carry
 
                 def objective(params):
-                    messages, receivers, y = draw(jax.random.fold_in(key, index), ds.graphs_per_step)
-                    predicted, _, auxiliary = forward(params, messages, receivers)
-                    return mse(predicted, y) + auxiliary
+                    messages, receivers, y, overflow = draw(jax.random.fold_in(key, index), ds.graphs_per_step)
+                    predicted, _, auxiliary = forward(params, messages, receivers, y.shape[0])
+                    return mse(predicted, y) + auxiliary, overflow
 
-                value, grads = jax.value_and_grad(objective)(params)
+                (value, overflow), grads = jax.value_and_grad(objective, has_aux=True)(params)
                 updates, opt_state = tx.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), value
+                return (optax.apply_updates(params, updates), opt_state), (value, overflow)
 
-            (params, opt_state), values = jax.lax.scan(step, (params, opt_state), jnp.arange(ds.steps_per_epoch))
-            return params, opt_state, jnp.mean(values)
+            (params, opt_state), (values, overflow) = jax.lax.scan(step, (params, opt_state),
+                                                                   jnp.arange(ds.steps_per_epoch))
+            return params, opt_state, jnp.mean(values), jnp.any(overflow)
 
-        self.eval_sets = [draw(jax.random.key(self.EVAL_KEYS[split]), ds.eval_graphs) for split in SPLITS]
+        eval_sets = [draw(jax.random.key(self.EVAL_KEYS[split]), ds.eval_graphs) for split in SPLITS]
+        self._check_slots(any(bool(overflow) for *_, overflow in eval_sets), "an evaluation set",
+                          slots[ds.eval_graphs])
+        self.eval_sets = [drawn[:3] for drawn in eval_sets]
 
         def eval_member(params, eval_sets):
             outs = []
             for messages, receivers, y in eval_sets:
-                predicted, intermediates, _ = forward(params, messages, receivers)
+                predicted, intermediates, _ = forward(params, messages, receivers, y.shape[0])
                 outs.append((predicted, mse(predicted, y)))
             return [o[0] for o in outs], jnp.stack([o[1] for o in outs]), intermediates
 
@@ -449,8 +456,16 @@ class AggregatorRegressionGrid(_Grid):
         self.compile_seconds = time.perf_counter() - start
         self.targets = [np.asarray(y).reshape(-1) for _, _, y in self.eval_sets]
 
+    @staticmethod
+    def _check_slots(overflow: bool, what: str, slots: int):
+        if overflow:  # ~12 standard deviations above the mean edge count at the paper's settings
+            raise RuntimeError(f"aggregator_regression: {what} had more edges than its {slots} edge slots "
+                               "(gaflax.data.aggregator_regression.edge_slots); its edges would be cut off")
+
     def train_epoch(self, epoch) -> np.ndarray:
-        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.keys_data, epoch)
+        self.params, self.opt_state, loss, overflow = self.train_step(self.params, self.opt_state, self.keys_data,
+                                                                      epoch)
+        self._check_slots(bool(np.any(overflow)), f"a training batch of epoch {epoch}", self.train_slots)
         return np.asarray(loss)
 
     def predict(self, params) -> list:

@@ -50,7 +50,7 @@ NODES, CHANNELS, DENSITY, GRAPHS = 8, 6, 0.3, 1024
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _generate(key, target, num_graphs):
     x, adjacency, y = sample_graphs(key, target, num_graphs, NODES, CHANNELS, DENSITY)
-    senders, receivers = edge_lists(adjacency)
+    senders, receivers, _ = edge_lists(adjacency)
     return x.reshape(-1, CHANNELS)[senders], receivers, y.reshape(-1, CHANNELS)
 
 

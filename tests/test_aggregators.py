@@ -564,7 +564,7 @@ def test_extended_ga_contains_twelve_regression_targets_exactly(target, x64):
 
     p, s, b, gamma, delta = EXTENDED_GA_COVERS[target]
     x, adjacency, y = sample_graphs(jax.random.key(5), target, 40, 8, 6, 0.3)
-    senders, receivers = edge_lists(adjacency)
+    senders, receivers, _ = edge_lists(adjacency)
     pool, _ = pooling.make("extended_ga")
     messages = x.reshape(-1, 6)[senders][:, None, :]
     out = pool(messages, receivers, 40 * 8 + 1, alpha=jnp.full((1, 6), _alpha(p)),
