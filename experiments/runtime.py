@@ -7,6 +7,8 @@ import pathlib
 
 import jax
 
+from gaflax import programs
+
 #: Programs that compile faster than this are not written to the cache.
 CACHE_MIN_COMPILE_SECONDS = 0.2
 
@@ -23,16 +25,21 @@ def compilation_cache_dir() -> pathlib.Path | None:
 
 def enable_compilation_cache() -> pathlib.Path | None:
     """Turn on JAX's persistent compilation cache, so that a repeated run or each job of a
-    multirun loads its compiled steps instead of compiling them again. A directory set already
-    (``jax_compilation_cache_dir``, ``JAX_COMPILATION_CACHE_DIR``, the tests') is left as it is.
+    multirun loads its compiled steps instead of compiling them again, and gaflax's cache of
+    traced programs (``gaflax.programs``, in its ``programs/`` folder), so that a run whose
+    programs were traced before skips the tracing too. A directory set already
+    (``jax_compilation_cache_dir``, ``JAX_COMPILATION_CACHE_DIR``, the tests') is used as it is.
     Returns the directory in use, or None."""
     current = jax.config.jax_compilation_cache_dir
     if current:
-        return pathlib.Path(current)
-    directory = compilation_cache_dir()
-    if directory is None:
-        return None
-    directory.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+        directory = pathlib.Path(current)
+    else:
+        directory = compilation_cache_dir()
+        if directory is None:
+            programs.use_program_cache(None)
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+    programs.use_program_cache(directory / "programs")
     return directory

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from gaflax import data as gdata
-from gaflax import losses
+from gaflax import losses, programs
 from gaflax.config import Config
 from gaflax.models import MODELS, add_self_loops, alphas_from_intermediates, sparse_features
 from gaflax.pooling import AGGREGATORS
@@ -159,14 +159,20 @@ class _FullBatch(Task):
         self.opt_state = self.tx.init(self.params)
         self.steps = make_steps(self.model, self.tx, losses.make_loss(config.loss))
         if compile:
-            self._compile()
+            self._compile(config)
 
-    def _compile(self):
+    def _compile(self, config: Config):
         train_step, eval_step = self.steps
         start = time.perf_counter()
-        self.train_step = jax.jit(train_step).lower(self.params, self.opt_state, self.train_inputs, self.train_labels,
-                                                    self.train_mask, self.key_dropout).compile()
-        self.eval_step = jax.jit(eval_step).lower(self.params, self.inputs, self.labels, self.masks).compile()
+        # What the steps close over besides their arguments (gaflax.programs): the seed only
+        # reaches them through the arguments (keys, masks) and the data statistics.
+        key = {"task": type(self).__name__, "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
+               "data": self.ds.fingerprint, "data_stats": degree_stats(config, self.ds)}
+        self.train_step = programs.compile_step(train_step, (self.params, self.opt_state, self.train_inputs,
+                                                             self.train_labels, self.train_mask, self.key_dropout),
+                                                key | {"step": "train"})
+        self.eval_step = programs.compile_step(eval_step, (self.params, self.inputs, self.labels, self.masks),
+                                               key | {"step": "eval"})
         self.compile_seconds = time.perf_counter() - start
 
     def _train_mask(self, epoch):

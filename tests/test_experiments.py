@@ -60,6 +60,7 @@ def test_train_plus_pool_ga_debug_fast(tmp_path):
     assert f"alpha trajectories: {tmp_path / 'alphas.png'}" in proc.stdout
     assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
     assert any(cache.glob("jit_train_step-*"))  # the entry point turned the cache on
+    assert len(list((cache / "programs").glob("*.exported"))) == 2  # and the traced train and eval steps
     results = json.loads((tmp_path / "results.json").read_text())
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["seed"] == 3 and config["pool"]["learn"] is True and config["pool"]["scope"] == "head"
