@@ -29,6 +29,7 @@ class DatasetConfig:
     normalize_features: bool = True
     verify: bool = True  # files with a known sha256 must match it; false: load modified files, with a warning
     nonfinite_features: str = "error"  # error | zero (replace NaN / infinite feature values with 0, with a warning)
+    standardize: bool = False  # graph datasets: non-binary node feature columns to the training fold's mean 0, std 1
     options: dict = dataclasses.field(default_factory=dict)  # e.g. synthetic generator parameters
 
 

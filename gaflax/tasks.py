@@ -238,6 +238,22 @@ class TabularTask(_FullBatch):
         return jnp.asarray(x), jnp.asarray(ds.labels), jnp.asarray(x_train), y_train, jnp.ones(y_train.shape, bool)
 
 
+def standardized(ds, train_indices):
+    """``ds`` with every node feature column that is not binary (continuous attributes, not one-hot
+    labels) shifted and scaled to mean 0 and std 1 over the nodes of the training graphs
+    ``train_indices``; validation and test graphs take the same shift and scale. Columns without
+    spread keep their scale. GIN's sum of ENZYMES' raw attributes (values up to 762) starts at a
+    loss near 1000 without this."""
+    x = np.concatenate([np.asarray(ds.graphs[i].nodes) for i in train_indices])
+    binary = np.all((x == 0) | (x == 1), axis=0)
+    std = x.std(axis=0)
+    shift = np.where(binary, 0, x.mean(axis=0))
+    scale = np.where(binary | (std == 0), 1, std)
+    graphs = [g._replace(nodes=((np.asarray(g.nodes) - shift) / scale).astype(np.asarray(g.nodes).dtype))
+              for g in ds.graphs]
+    return dataclasses.replace(ds, graphs=graphs)
+
+
 class GraphTask(Task):
     """Graph classification on padded mini-batches (at most three shapes, so three compiles),
     on one of 10 stratified outer folds (``trainer.fold``) with an inner holdout for validation."""
@@ -247,6 +263,8 @@ class GraphTask(Task):
         key_init, self.key_dropout = run_keys(config.seed)
         self.batch_size = config.trainer.batch_size
         self.indices = dict(zip(SPLITS, ds.folds(seed=config.seed)[config.trainer.fold]))
+        if config.dataset.standardize:
+            self.ds = ds = standardized(ds, self.indices["train"])
         self.budgets = gdata.budgets_for(ds, self.batch_size)
         self.model = build_model(config, ds, self.indices["train"])
         self.add_loops = getattr(config.model, "add_self_loops", False)
@@ -536,6 +554,9 @@ def check_fits(config: Config, ds):
     resampler = gdata.RESAMPLERS.lookup(t.resample, "trainer.resample")
     for key in ("pool", "readout"):
         pool_from_config(getattr(config, key), key)  # the name and its options
+    if config.dataset.standardize and ds.kind != "graph":
+        raise ValueError(f"dataset.standardize=true is for graph datasets (node feature columns standardised "
+                         f"with the training fold's statistics); {name!r} is a {ds.kind} dataset")
     if ds.kind not in model.kinds:
         fitting = sorted(n for n, e in MODELS.items() if ds.kind in e.kinds)
         raise ValueError(f"model.name={config.model.name!r} does not fit the {ds.kind} dataset {name!r}; "

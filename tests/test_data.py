@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 import gaflax
 from gaflax import data
+from gaflax.config import Config
 from gaflax.data import DatasetError, load
 from gaflax.data import _files
 from gaflax.data.__main__ import main as stats_main
@@ -513,3 +514,34 @@ def test_stats_cli_unknown_name_exits_cleanly(capsys):
         stats_main(["nope", "--root", "/nonexistent"])
     assert exit_info.value.code == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+@needs_data
+def test_standardize_scales_continuous_columns_with_the_training_fold_only():
+    """ENZYMES: 18 continuous attributes (values up to 762) and 3 one-hot label columns. With
+    dataset.standardize the training fold's nodes have mean 0 and std 1 in every continuous
+    column, the one-hot columns are untouched, and the test graphs take the training statistics
+    (not their own)."""
+    from gaflax.tasks import standardized
+
+    ds = load("ENZYMES", SHARED_DATA)
+    train, _, test = ds.folds(seed=0)[0]
+    out = standardized(ds, train)
+    x_train = np.concatenate([out.graphs[i].nodes for i in train])
+    raw_train = np.concatenate([ds.graphs[i].nodes for i in train])
+    np.testing.assert_allclose(x_train[:, :18].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(x_train[:, :18].std(0), 1, atol=1e-4)
+    np.testing.assert_array_equal(x_train[:, 18:], raw_train[:, 18:])
+    raw_test = np.concatenate([ds.graphs[i].nodes for i in test])
+    x_test = np.concatenate([out.graphs[i].nodes for i in test])
+    expected = (raw_test[:, :18] - raw_train[:, :18].mean(0)) / raw_train[:, :18].std(0)
+    np.testing.assert_allclose(x_test[:, :18], expected, rtol=1e-4, atol=1e-4)
+    assert ds.graphs[0].nodes.max() > 100  # the original is left as it was
+
+
+def test_standardize_is_refused_outside_graph_datasets():
+    from gaflax.tasks import check_fits, load_dataset
+
+    config = Config.from_dict({"dataset": {"name": "synthetic", "standardize": True}, "trainer": {"progress": False}})
+    with pytest.raises(ValueError, match="dataset.standardize=true is for graph datasets"):
+        check_fits(config, load_dataset(config))
