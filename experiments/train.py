@@ -26,7 +26,7 @@ from gaflax.pooling import AGGREGATORS
 from gaflax.tasks import grid_members
 from gaflax.train import train_and_evaluate, train_grid
 
-RUN_KEYS = ("logger", "objective", "journal", "hparams_search")  # run settings, not part of the experiment's Config
+RUN_KEYS = ("logger", "objective", "journal", "hparams_search", "model_selection")  # run settings, not part of the experiment's Config
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -62,7 +62,12 @@ def main(cfg: DictConfig) -> float:
 
         return run_study(cfg, list(hydra_cfg.overrides.task), out_dir, train_one,
                          journal=_journal(cfg.get("journal") or {"enabled": False}))
-    results = train_one(cfg, out_dir)
+    if cfg.get("model_selection"):
+        from experiments.select import run_selection
+
+        results = run_selection(cfg, list(hydra_cfg.overrides.task), out_dir, train_one)
+    else:
+        results = train_one(cfg, out_dir)
     if cfg.objective not in results:  # the same experiment is running elsewhere: no value yet
         return float("nan")
     return float(results[cfg.objective])

@@ -263,6 +263,8 @@ class GraphTask(Task):
         key_init, self.key_dropout = run_keys(config.seed)
         self.batch_size = config.trainer.batch_size
         self.indices = dict(zip(SPLITS, ds.folds(seed=config.seed)[config.trainer.fold]))
+        # trainer.evaluate_test=false (model selection): the outer test fold is never batched
+        self.splits = SPLITS if config.trainer.evaluate_test else tuple(s for s in SPLITS if s != "test")
         if config.dataset.standardize:
             self.ds = ds = standardized(ds, self.indices["train"])
         self.budgets = gdata.budgets_for(ds, self.batch_size)
@@ -298,7 +300,7 @@ class GraphTask(Task):
 
     def predict(self, params) -> list:
         out, alphas = {}, {}
-        for split in SPLITS:
+        for split in self.splits:
             labels, probs, loss_sum = [], [], 0.0
             for batch in self._batches(split):
                 graph, batch_labels, graph_mask = self._device(batch)

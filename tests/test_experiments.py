@@ -329,3 +329,71 @@ def test_fixed_alpha_presets_stay_fixed():
             assert (pool.alpha, pool.learn) == (alpha, False), preset
         reddit = to_config(compose(config_name="config", overrides=["experiment=imbalance_reddit"]))
         assert reddit.pool.name == "ga" and reddit.pool.learn is False
+
+
+def test_model_selection_never_reads_the_outer_test_fold(tmp_path, monkeypatch):
+    """experiments/select.py on fold 2 of a synthetic graph set: the four candidates of the grid
+    train with trainer.evaluate_test=false, and no batch of theirs (training or evaluation) holds
+    a graph of the outer test fold; the best candidate by val/accuracy is then trained once with
+    the test fold, which is batched only there. Every run is in the journal."""
+    from omegaconf import OmegaConf
+
+    from experiments.select import run_selection
+    from gaflax import tasks
+    from gaflax.data import load
+
+    batched, phase = [], {}
+    real_batches = tasks.gdata.iterate_batches
+
+    def spy(ds, indices, *args, **kwargs):
+        batched.append((phase["evaluate_test"], set(np.asarray(indices).tolist())))
+        return real_batches(ds, indices, *args, **kwargs)
+
+    def train_and_note(cfg, out_dir):
+        phase["evaluate_test"] = cfg.trainer.evaluate_test
+        results = train_one(cfg, out_dir)
+        phase["runs"] = phase.get("runs", []) + [(cfg.optimizer.lr, cfg.model.hidden, results)]
+        return results
+
+    monkeypatch.setattr(tasks.gdata, "iterate_batches", spy)
+    options = {"level": "graph", "num_graphs": 60, "task": "classification", "num_classes": 2}
+    overrides = ["dataset=synthetic", "dataset.options.level=graph", "+dataset.options.num_graphs=60",
+                 "dataset.options.num_classes=2", "model=gin", "readout=mean",
+                 "trainer.max_epochs=3", "trainer.patience=3", "trainer.progress=false", "trainer.fold=2",
+                 f"journal.path={tmp_path / 'journal.sqlite'}"]
+    with hydra_conf():
+        cfg = compose(config_name="config", overrides=overrides)
+        OmegaConf.set_struct(cfg, False)
+        cfg.model_selection = {"direction": "maximize", "grid": {"optimizer.lr": [0.01, 0.001], "model.hidden": [4, 8]}}
+        results = run_selection(cfg, overrides, tmp_path, train_and_note)
+
+    test_fold = set(load("synthetic", **options).folds(seed=0)[2][2].tolist())
+    sealed = [indices for evaluate_test, indices in batched if not evaluate_test]
+    final = [indices for evaluate_test, indices in batched if evaluate_test]
+    assert sealed and final
+    assert all(not (indices & test_fold) for indices in sealed)  # selection never batched a test graph
+    assert any(indices & test_fold for indices in final)  # the final run evaluates it (the spy sees it)
+
+    runs = phase["runs"]
+    assert [(lr, hidden) for lr, hidden, _ in runs[:4]] == [(0.01, 4), (0.01, 8), (0.001, 4), (0.001, 8)]
+    assert all(not any(k.startswith("test/") for k in r) for *_, r in runs[:4])
+    best = max(range(4), key=lambda i: runs[i][2]["val/accuracy"])
+    assert results["model_selection"]["chosen"] == {"optimizer.lr": runs[best][0], "model.hidden": runs[best][1]}
+    assert (runs[4][0], runs[4][1]) == (runs[best][0], runs[best][1]) and "test/accuracy" in results
+    assert json.loads((tmp_path / "selection.json").read_text())["chosen"] == results["model_selection"]["chosen"]
+    with sqlite3.connect(tmp_path / "journal.sqlite") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM runs")]
+    assert statuses == ["done"] * 5
+
+
+def test_model_selection_refuses_a_test_objective_and_an_empty_grid():
+    from experiments.select import candidates, run_selection
+
+    with pytest.raises(ValueError, match="model_selection.grid must map"):
+        candidates({"grid": {}})
+    with pytest.raises(ValueError, match="model_selection.grid.model.hidden must be a non-empty list"):
+        candidates({"grid": {"model.hidden": []}})
+    with hydra_conf():
+        cfg = compose(config_name="config", overrides=["objective=test/accuracy"])
+    with pytest.raises(ValueError, match="objective='test/accuracy'.*use a val/ metric"):
+        run_selection(cfg, [], pathlib.Path("."), train_one=None)
