@@ -59,7 +59,7 @@ def draw(key, target, num_graphs=GRAPHS):
     (compiled), without the pairs that are not edges."""
     import torch
 
-    messages, receivers, y = (np.asarray(a) for a in _generate(key, target, num_graphs))
+    messages, receivers, y = (np.array(a) for a in _generate(key, target, num_graphs))  # writable copies for torch
     keep = receivers < num_graphs * NODES
     return (torch.from_numpy(messages[keep]), torch.from_numpy(receivers[keep].astype(np.int64)),
             torch.from_numpy(y))

@@ -1,6 +1,7 @@
 """scripts/make_table.py and scripts/plot_alpha.py on a small journal; scripts/bench_ga.py's cases."""
 
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -169,3 +170,16 @@ def test_bench_aggregators_times_every_registered_operator():
             value, grads = backward()
             assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert set(bench.PEERS) <= set(gaflax.pooling.AGGREGATORS)
+
+
+def test_bench_regression_times_gaflax_and_a_peer(tmp_path, capsys):
+    """Two steps of gaflax's extended GA and of the authors' power mean, interleaved; the JSON
+    holds both rows, the ratio to gaflax and every round's time."""
+    pytest.importorskip("torch_geometric", reason="the peers need the bench extra (torch, torch_geometric)")
+    bench = _script("bench_regression")
+    bench.main(["--steps", "2", "--rounds", "1", "--gaflax", "extended_ga", "--peers", "powermean",
+                "--out", str(tmp_path / "bench.json")])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["gaflax/extended_ga", "peer/powermean"]
+    assert rows[0]["ratio"] == 1.0 and all(r["ms_per_step"] > 0 and len(r["all_ms"]) == 1 for r in rows)
+    assert "| peer/powermean |" in capsys.readouterr().out
