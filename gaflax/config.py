@@ -196,6 +196,8 @@ class TrainerConfig:
     # resample tabular training rows.
     resample: str = "none"
     evaluate_test: bool = True  # false while tuning: the test set is then never touched
+    # Devices for a vmapped grid (vmap=seeds|alphas): an int or "all"; its members are split over them.
+    devices: int | str = 1
 
 
 @dataclasses.dataclass
@@ -288,6 +290,11 @@ class Config:
             check(len(t.alphas) >= 1 and all(-1 <= a <= 1 for a in t.alphas),
                   f"trainer.alphas={list(t.alphas)} must be a non-empty list of values in [-1, 1]")
         check(t.num_members >= 1, f"trainer.num_members={t.num_members} must be >= 1")
+        check(t.devices == "all" or (isinstance(t.devices, int) and t.devices >= 1),
+              f"trainer.devices={t.devices!r} must be an int >= 1 or 'all'")
+        check(t.devices == 1 or t.vmap != "none",
+              f"trainer.devices={t.devices!r} splits the members of a vmapped grid over devices; set trainer.vmap="
+              "seeds|alphas (single runs, data-parallel batches and sharded edges use one device)")
         check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
         check(t.monitor in MONITORS, f"trainer.monitor={t.monitor!r} must be one of {MONITORS}")
         d = self.decision
@@ -311,6 +318,7 @@ _FIELD_TYPES = {
     "tuple": ((tuple, list), "a list"),
     "dict": ((dict,), "a mapping"),
     "str | None": ((str, type(None)), "a string or null"),
+    "int | str": ((int, str), "an int or a string"),
 }
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gaflax import data as gdata
+from gaflax import devices as gdevices
 from gaflax import losses, programs
 from gaflax.config import Config
 from gaflax.models import MODELS, add_self_loops, alphas_from_intermediates, sparse_features
@@ -338,7 +339,7 @@ class NodeGrid(_Grid):
     matmuls may round differently, and the exponent is an input here, a constant there).
     """
 
-    def __init__(self, configs: list[Config], ds):
+    def __init__(self, configs: list[Config], ds, devices=1):
         self.ds, self.num_members = ds, len(configs)
         self.seeds, self.balanced = [c.seed for c in configs], configs[0].trainer.resample == "balanced"
         keys = [run_keys(c.seed) for c in configs]
@@ -360,6 +361,7 @@ class NodeGrid(_Grid):
         fixed_alpha = AGGREGATORS.lookup(config.pool.name, "pool.name").takes_exponent and not config.pool.learn
         self.alphas = jnp.asarray([c.pool.alpha for c in configs], jnp.float32) if fixed_alpha else None
         alpha_axis = 0 if fixed_alpha else None
+        self.mesh = self._place(devices)
 
         def train_members(params, opt_state, graph, labels, train_masks, keys, alphas, epoch):
             keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
@@ -373,11 +375,24 @@ class NodeGrid(_Grid):
             self.params, self.graph, self.labels, self.masks, self.alphas).compile()
         self.compile_seconds = time.perf_counter() - start
 
+    def _place(self, devices):
+        """The grid's ``trainer.devices`` > 1: the member axis split over a mesh of devices
+        (gaflax.devices), the graph and labels on every device; None (one device) otherwise."""
+        if devices == 1:
+            return None
+        mesh = gdevices.member_mesh(gdevices.resolve_devices(devices), self.num_members)
+        self.params, self.opt_state, self.keys_dropout, self.masks, self.alphas = gdevices.shard_members(
+            (self.params, self.opt_state, self.keys_dropout, self.masks, self.alphas), mesh)
+        self.graph, self.labels = gdevices.replicate((self.graph, self.labels), mesh)
+        return mesh
+
     def train_epoch(self, epoch) -> np.ndarray:
         train_masks = self.masks[:, 0]
         if self.balanced:
             train_masks = jnp.stack([balanced_train_mask(masks[0], self.ds.labels, seed, epoch)
                                      for masks, seed in zip(self.masks_np, self.seeds)])
+            if self.mesh is not None:
+                train_masks = gdevices.shard_members(train_masks, self.mesh)
         self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
                                                             train_masks, self.keys_dropout, self.alphas, epoch)
         return np.asarray(loss)
@@ -408,7 +423,7 @@ class AggregatorRegressionGrid(_Grid):
     #: The keys of the fixed evaluation sets.
     EVAL_KEYS = {"train": 2**31 - 3, "val": 2**31 - 2, "test": 2**31 - 1}
 
-    def __init__(self, configs: list[Config], ds):
+    def __init__(self, configs: list[Config], ds, devices=1):
         from gaflax.data.aggregator_regression import edge_lists, edge_slots, sample_graphs
 
         self.ds, self.num_members = ds, len(configs)
@@ -466,6 +481,11 @@ class AggregatorRegressionGrid(_Grid):
         self._check_slots(any(bool(overflow) for *_, overflow in eval_sets), "an evaluation set",
                           slots[ds.eval_graphs])
         self.eval_sets = [drawn[:3] for drawn in eval_sets]
+        if devices != 1:  # the grid's trainer.devices: the member axis over a mesh of devices (gaflax.devices)
+            mesh = gdevices.member_mesh(gdevices.resolve_devices(devices), self.num_members)
+            self.params, self.opt_state, self.keys_data = gdevices.shard_members(
+                (self.params, self.opt_state, self.keys_data), mesh)
+            self.eval_sets = gdevices.replicate(self.eval_sets, mesh)
 
         def eval_member(params, eval_sets):
             outs = []
@@ -528,7 +548,7 @@ def grid_members(config: Config) -> list[tuple[str, Config]]:
     ``trainer.vmap=seeds`` gives ``num_members`` seeds (``seed``, ``seed + 1``, ...);
     ``trainer.vmap=alphas`` gives every fixed exponent in ``trainer.alphas`` times those seeds."""
     t = config.trainer
-    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=())
+    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=(), devices=1)
     seeds = range(config.seed, config.seed + t.num_members)
     if t.vmap == "seeds":
         return [(f"seed_{s}", dataclasses.replace(config, seed=s, trainer=single)) for s in seeds]

@@ -74,7 +74,7 @@ def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: 
         todo = claim.todo
         if todo:
             members = [configs[i] for i in todo]
-            task = entry.grid(members, ds) if grid else entry.single(members[0], ds)
+            task = entry.grid(members, ds, devices=grid_config.trainer.devices) if grid else entry.single(members[0], ds)
             trained = fit(task, members, [out_dirs[i] for i in todo], writers, claim.heartbeat)
             for i, member_results in zip(todo, trained):
                 if grid:

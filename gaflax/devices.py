@@ -1,0 +1,48 @@
+"""Several devices for one vmapped grid: its members split over a 1-D mesh (``trainer.devices``).
+
+A grid's parameters, optimizer states, keys and masks carry a leading member axis and its steps
+are ``vmap``ped over it, so the members are independent: ``shard_members`` places that axis over a
+mesh of devices with ``NamedSharding`` and XLA (GSPMD) runs each device's members there, with no
+communication; the shared inputs (the graph, the labels) are replicated. With
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` one CPU shows four devices, which is how
+the tests compare this with one device.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["member_mesh", "replicate", "resolve_devices", "shard_members"]
+
+
+def resolve_devices(setting) -> list:
+    """``trainer.devices``: an int >= 1 (the first that many devices) or ``"all"``."""
+    available = jax.devices()
+    if setting == "all":
+        return available
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise ValueError(f"trainer.devices={setting!r} must be an int >= 1 or 'all'")
+    if setting > len(available):
+        raise ValueError(f"trainer.devices={setting} but only {len(available)} {available[0].platform} device(s) "
+                         "are visible (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N shows N)")
+    return available[:setting]
+
+
+def member_mesh(devices: list, num_members: int) -> Mesh:
+    """A 1-D mesh ``("members",)`` over ``devices``; the members must split evenly over it."""
+    if num_members % len(devices):
+        raise ValueError(f"trainer.devices={len(devices)} must divide the grid's {num_members} members "
+                         "(trainer.num_members, times the number of trainer.alphas for vmap=alphas)")
+    return Mesh(np.asarray(devices), ("members",))
+
+
+def shard_members(tree, mesh: Mesh):
+    """Every array of ``tree`` split over the mesh along its leading (member) axis."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array of ``tree`` whole on every device of the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
