@@ -1,6 +1,9 @@
-"""The figure of GenAgg's aggregator-regression benchmark, from the lab journal: per target, the
-test MSE of each aggregator (mean over seeds, the bar; ± std, the whisker), on a log scale. The
-peers' rows from ``scripts/regression_peers.py`` join it with ``--peers``.
+"""The figure and table of GenAgg's aggregator-regression benchmark, from the lab journal: per
+target, the test MSE of each aggregator (mean over seeds, the bar; ± std, the whisker), on a log
+scale. The peers' rows from ``scripts/regression_peers.py`` join it with ``--peers``. It also
+prints the Markdown table (targets x methods, mean ± std) and the goal's count: on how many
+targets ``--ours`` (default extended_ga) has a lower mean test MSE than ``--rival`` (default
+GenAgg's own code), and on which it reaches ``--threshold`` (1e-4).
 
     python scripts/plot_regression.py --journal results/regression.sqlite --out docs/figures/regression.png
     python scripts/plot_regression.py --journal results/regression.sqlite --peers results/regression_peers.json
@@ -68,12 +71,39 @@ def plot(cells, out):
     print(f"wrote {out}")
 
 
+def table(cells) -> str:
+    """Markdown: a row per target, a column per method, ``mean ± std`` of the test MSE."""
+    targets = [t for t in TARGETS if any(key[0] == t for key in cells)]
+    methods = list(dict.fromkeys(method for _, method in cells))
+    lines = ["| target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for target in targets:
+        texts = []
+        for method in methods:
+            values = cells.get((target, method))
+            std = statistics.stdev(values) if values and len(values) > 1 else 0.0
+            texts.append(f"{statistics.fmean(values):.3g} ± {std:.2g}" if values else "–")
+        lines.append(f"| {target} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def goal(cells, ours: str, rival: str, threshold: float) -> dict:
+    """Targets where ``ours`` has the lower mean test MSE than ``rival`` (both measured), and
+    targets where ``ours`` reaches ``threshold``."""
+    both = [t for t in TARGETS if (t, ours) in cells and (t, rival) in cells]
+    better = [t for t in both if statistics.fmean(cells[(t, ours)]) < statistics.fmean(cells[(t, rival)])]
+    reached = [t for t in TARGETS if (t, ours) in cells and statistics.fmean(cells[(t, ours)]) <= threshold]
+    return {"compared": both, "better": better, "reached": reached}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--journal", required=True)
     parser.add_argument("--peers", default=None, help="JSON written by scripts/regression_peers.py")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="docs/figures/regression.png")
+    parser.add_argument("--ours", default="extended_ga")
+    parser.add_argument("--rival", default="genagg (PyTorch)")
+    parser.add_argument("--threshold", type=float, default=1e-4)
     args = parser.parse_args(argv)
     filters = dict(item.split("=", 1) for item in args.filter)
     runs = Journal(args.journal).runs({"status": "done", **filters})
@@ -82,6 +112,11 @@ def main(argv=None):
     if not cells:
         sys.exit("plot_regression: no finished aggregator_regression runs with test/mse found")
     plot(cells, args.out)
+    print(table(cells))
+    result = goal(cells, args.ours, args.rival, args.threshold)
+    print(f"\n{args.ours} below {args.rival} on {len(result['better'])} of {len(result['compared'])} targets: "
+          f"{', '.join(result['better']) or 'none'}")
+    print(f"{args.ours} at or below {args.threshold:g}: {', '.join(result['reached']) or 'none'}")
 
 
 if __name__ == "__main__":

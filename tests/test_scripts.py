@@ -102,8 +102,12 @@ def test_plot_regression_draws_targets_by_method(tmp_path, capsys):
     cells = plot.collect(gj.Journal(tmp_path / "j.sqlite").runs({"status": "done"}),
                          json.loads(peers.read_text())["rows"])
     assert cells == {("std", "ga"): [0.01, 0.02], ("std", "mean"): [0.5, 1.0], ("std", "genagg (PyTorch)"): [0.2]}
-    plot.main(["--journal", str(jr.path), "--peers", str(peers), "--out", str(tmp_path / "r.png")])
+    plot.main(["--journal", str(jr.path), "--peers", str(peers), "--out", str(tmp_path / "r.png"), "--ours", "ga"])
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "| std | 0.015 ± 0.0071 | 0.75 ± 0.35 | 0.2 ± 0 |" in printed
+    assert "ga below genagg (PyTorch) on 1 of 1 targets: std" in printed
+    assert plot.goal(cells, "mean", "genagg (PyTorch)", 1e-4) == {"compared": ["std"], "better": [], "reached": []}
     with pytest.raises(SystemExit, match="no finished aggregator_regression runs"):
         plot.main(["--journal", str(jr.path), "--filter", "seed=7", "--out", str(tmp_path / "none.png")])
 
