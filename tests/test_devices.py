@@ -18,30 +18,29 @@ CHILD = r"""
 import json, sys, tempfile
 import jax, numpy as np
 from gaflax.config import Config
+from gaflax.tasks import TASKS, grid_members, load_dataset
 from gaflax.train import train_grid
-raw = json.loads(sys.argv[1])
 out = {"devices": len(jax.devices())}
-for devices in (1, raw.pop("devices")):
-    config = Config.from_dict({**raw, "trainer": {**raw["trainer"], "devices": devices}})
-    with tempfile.TemporaryDirectory() as tmp:
-        members = train_grid(config, tmp)
-    out[str(devices)] = [{k: m[k] for k in ("best_epoch", "epochs", "val/accuracy", "test/accuracy", "alphas") if k in m}
-                         for m in members]
-if devices > 1:  # the grid's arrays are split over the devices, before and after an epoch
-    from gaflax.tasks import TASKS, grid_members, load_dataset
-    ds = load_dataset(config)
-    task = TASKS[ds.kind].grid([c for _, c in grid_members(config)], ds, devices=devices)
-    before = {len(x.sharding.device_set) for x in jax.tree.leaves(task.params)}
+for name, raw in json.loads(sys.argv[1]).items():
+    many = raw.pop("devices")
+    for devices in (1, many):
+        config = Config.from_dict({**raw, "trainer": {**raw["trainer"], "devices": devices}})
+        with tempfile.TemporaryDirectory() as tmp:
+            members = train_grid(config, tmp)
+        out[f"{name}/{devices}"] = [{k: m[k] for k in ("best_epoch", "epochs", "val/accuracy", "test/accuracy", "alphas")
+                                     if k in m} for m in members]
+    ds = load_dataset(config)  # the grid's arrays stay split over the devices, before and after an epoch
+    task = TASKS[ds.kind].grid([c for _, c in grid_members(config)], ds, devices=many)
+    placed = {len(x.sharding.device_set) for x in jax.tree.leaves(task.params)}
     task.train_epoch(0)
-    after = {len(x.sharding.device_set) for x in jax.tree.leaves(task.params)}
-    out["placed"] = sorted(before | after)
+    out[f"{name}/placed"] = sorted(placed | {len(x.sharding.device_set) for x in jax.tree.leaves(task.params)})
 print("RESULT " + json.dumps(out))
 """
 
 
-def _run_child(raw: dict) -> dict:
+def _run_child(cases: dict) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw)], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -65,27 +64,26 @@ def _assert_same(one, many):
 
 
 @pytest.mark.slow
-def test_a_seed_grid_over_four_devices_equals_one_device():
-    """Four seeds of a learned-alpha GAT on a synthetic graph, vmapped, on 1 and on 4 devices."""
-    raw = {"dataset": {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification", "num_classes": 3}},
-           "model": {"name": "gat", "hidden": 4}, "pool": {"name": "ga", "learn": True},
-           "trainer": {"max_epochs": 6, "patience": 6, "progress": False, "vmap": "seeds", "num_members": 4},
-           "devices": 4}
-    out = _run_child(raw)
-    assert out["devices"] == 4 and out["placed"] == [4]
-    _assert_same(out["1"], out["4"])
-
-
-@pytest.mark.slow
-def test_an_alpha_grid_with_balanced_resampling_over_two_devices():
-    raw = {"dataset": {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification", "num_classes": 3}},
-           "model": {"name": "gcn"}, "pool": {"name": "ga", "learn": False},
-           "trainer": {"max_epochs": 5, "patience": 5, "progress": False, "vmap": "alphas", "alphas": [-0.5, 0.5],
-                       "num_members": 1, "resample": "balanced"},
-           "devices": 2}
-    out = _run_child(raw)
-    assert out["placed"] == [2]
-    _assert_same(out["1"], out["2"])
+def test_grids_over_several_devices_equal_one_device():
+    """On 4 forced host devices: four seeds of a learned-alpha GA inside a GCN split over 4
+    devices, and two fixed alphas with balanced resampling over 2, each against the same grid on
+    one device."""
+    data = {"name": "synthetic", "options": {"num_nodes": 120, "task": "classification", "num_classes": 3}}
+    cases = {
+        "seeds": {"dataset": data, "model": {"name": "gcn"}, "pool": {"name": "ga", "learn": True},
+                  "trainer": {"max_epochs": 5, "patience": 5, "progress": False, "vmap": "seeds", "num_members": 4},
+                  "devices": 4},
+        "alphas": {"dataset": data, "model": {"name": "gcn"}, "pool": {"name": "ga", "learn": False},
+                   "trainer": {"max_epochs": 5, "patience": 5, "progress": False, "vmap": "alphas",
+                               "alphas": [-0.5, 0.5], "resample": "balanced"},
+                   "devices": 2},
+    }
+    out = _run_child(cases)
+    assert out["devices"] == 4
+    assert out["seeds/placed"] == [4] and out["alphas/placed"] == [2]
+    _assert_same(out["seeds/1"], out["seeds/4"])
+    _assert_same(out["alphas/1"], out["alphas/2"])
+    assert len(out["seeds/4"]) == 4 and all(m["alphas"] for m in out["seeds/4"])
 
 
 def test_device_settings_are_checked():
