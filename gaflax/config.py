@@ -112,6 +112,7 @@ class GINConfig(BackboneConfig):
     name: str = "gin"
     num_layers: int = 3
     train_eps: bool = True
+    batch_norm: bool = False  # true: Xu et al.'s batch normalisation in each layer's MLP (running averages in eval)
 
 
 @dataclasses.dataclass

@@ -327,9 +327,17 @@ class GINLayer(_BackboneLayer):
     """GIN (Xu et al. 2019): ``MLP((1 + eps) x_i + agg_j x_j)`` with a learned eps (from 0) and a
     two-layer ReLU MLP; sum aggregation by default (neighbours weigh 1). The MLP's first linear
     map is applied before the aggregation (exact for linear aggregators, as in SAGELayer). No
-    self-loops."""
+    self-loops.
+
+    ``batch_norm``: batch normalisation after each of the MLP's linear maps, as Xu et al. and
+    Errica et al. have it (Linear, BN, ReLU, Linear, BN; the model applies the last ReLU). It uses
+    the batch's statistics while training and running averages (momentum 0.9, PyTorch's 0.1)
+    when ``deterministic``; ``padded`` (graph batches) leaves the padding nodes out of the
+    statistics."""
 
     train_eps: bool = True
+    batch_norm: bool = False
+    padded: bool = False
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
@@ -337,7 +345,12 @@ class GINLayer(_BackboneLayer):
         eps = self.param("eps", nn.initializers.zeros, ()) if self.train_eps else 0.0
         out = _neighbours(self, h, graph, jnp.ones(graph.senders.shape, h.dtype), alpha)
         z = (1 + eps) * h + out + self.param("bias", nn.initializers.zeros, (self.features,))[None]
-        return nn.Dense(self.features, name="mlp_out")(nn.relu(z))
+        if not self.batch_norm:
+            return nn.Dense(self.features, name="mlp_out")(nn.relu(z))
+        mask = jraph.get_node_padding_mask(graph)[:, None] if self.padded else None
+        norm = functools.partial(nn.BatchNorm, use_running_average=deterministic, momentum=0.9, epsilon=1e-5)
+        z = norm(name="norm_hidden")(z, mask=mask)
+        return norm(name="norm_out")(nn.Dense(self.features, name="mlp_out")(nn.relu(z)), mask=mask)
 
 
 def _layer_name(layer) -> str:
@@ -538,8 +551,8 @@ def _build_gat(config: Config, kind: str, num_classes: int, data_stats: dict | N
 def _build_backbone(config: Config, kind: str, num_classes: int, data_stats: dict | None = None) -> nn.Module:
     m = config.model
     layer = BACKBONE_LAYERS[m.name]
-    if layer is GINLayer and not m.train_eps:
-        layer = functools.partial(GINLayer, train_eps=False)
+    if layer is GINLayer and (not m.train_eps or m.batch_norm):
+        layer = functools.partial(GINLayer, train_eps=m.train_eps, batch_norm=m.batch_norm, padded=kind == "graph")
     aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
                   aggregate=aggregate, exponent=exponent)

@@ -62,8 +62,31 @@ def build_model(config: Config, ds, train_indices=None):
     return MODELS.lookup(config.model.name, "model.name").build(config, ds.kind, ds.num_classes, stats)
 
 
-#: Parameters without weight decay: the GA exponents and the aggregators' own parameters (p, t).
-UNDECAYED = ("alpha_theta", "aggregator_params", "readout_params")  # (aggregator_weights are decayed)
+#: Model state that gradients do not train (batch normalisation's running statistics) rides in the
+#: parameter tree under this key, so that it is kept with the best epoch and vmapped with a grid's
+#: members like the weights. The optimizer leaves it alone (zero gradient, no decay) and the train
+#: step writes its new value (``make_steps``).
+STATE = "batch_stats"
+
+#: Parameters without weight decay: the GA exponents, the aggregators' own parameters (p, t) and
+#: the model state.
+UNDECAYED = ("alpha_theta", "aggregator_params", "readout_params", STATE)  # (aggregator_weights are decayed)
+
+
+def as_params(variables) -> dict:
+    """A flax variable dict -> the task's parameter tree: ``params``, with ``STATE`` if the model has it."""
+    params = dict(variables.get("params", {}))
+    if STATE in variables:
+        params[STATE] = variables[STATE]
+    return params
+
+
+def as_variables(params) -> dict:
+    """The task's parameter tree -> the flax variable dict ``model.apply`` takes."""
+    variables = {"params": {k: v for k, v in params.items() if k != STATE}}
+    if STATE in params:
+        variables[STATE] = params[STATE]
+    return variables
 
 
 def make_optimizer(config: Config, params):
@@ -89,22 +112,27 @@ def make_steps(model, tx, loss=losses.cross_entropy):
     of the fixed GA exponents, passed as an input so that a grid can vmap over it."""
 
     def forward(params, graph, key, deterministic, alpha):
+        """(logits, intermediates, auxiliary loss, the new model state or None)."""
         extra = {} if alpha is None else {"alpha": alpha}
-        logits, state = model.apply({"params": params}, graph, deterministic=deterministic, rngs={"dropout": key},
-                                    mutable=["intermediates", "losses"], **extra)
-        return logits, state.get("intermediates", {}), auxiliary_loss(state)
+        mutable = ["intermediates", "losses"] + ([STATE] if STATE in params and not deterministic else [])
+        logits, state = model.apply(as_variables(params), graph, deterministic=deterministic, rngs={"dropout": key},
+                                    mutable=mutable, **extra)
+        return logits, state.get("intermediates", {}), auxiliary_loss(state), state.get(STATE)
 
     def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
         def objective(params):
-            logits, _, auxiliary = forward(params, graph, key, False, alpha)
-            return loss(logits, labels, mask) + auxiliary
+            logits, _, auxiliary, new_state = forward(params, graph, key, False, alpha)
+            return loss(logits, labels, mask) + auxiliary, new_state
 
-        value, grads = jax.value_and_grad(objective)(params)
+        (value, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        params = optax.apply_updates(params, updates)
+        if new_state is not None:  # the running statistics of this step's batch
+            params = {**params, STATE: new_state}
+        return params, opt_state, value
 
     def eval_step(params, graph, labels, masks, alpha=None):
-        logits, intermediates, _ = forward(params, graph, jax.random.key(0), True, alpha)
+        logits, intermediates, _, _ = forward(params, graph, jax.random.key(0), True, alpha)
         return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
 
     return train_step, eval_step
@@ -113,8 +141,8 @@ def make_steps(model, tx, loss=losses.cross_entropy):
 def init_params(model, key_init, key_dropout, inputs):
     """The model's initial parameters, computed by one compiled program: initialising eagerly
     dispatched each of the model's small ops on its own, a few seconds per run."""
-    return jax.jit(lambda k_init, k_dropout, x: model.init({"params": k_init, "dropout": k_dropout}, x,
-                                                           deterministic=True)["params"])(key_init, key_dropout, inputs)
+    return jax.jit(lambda k_init, k_dropout, x: as_params(model.init({"params": k_init, "dropout": k_dropout}, x,
+                                                                     deterministic=True)))(key_init, key_dropout, inputs)
 
 
 def outputs(logits, ds) -> np.ndarray:
@@ -353,7 +381,7 @@ class NodeGrid(_Grid):
         train_step, eval_step = base.steps
 
         def init(key_init, key_dropout):
-            return model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True)["params"]
+            return as_params(model.init({"params": key_init, "dropout": key_dropout}, self.graph, deterministic=True))
 
         self.params = jax.jit(jax.vmap(init))(keys_init, self.keys_dropout)
         self.opt_state = jax.jit(jax.vmap(tx.init))(self.params)
