@@ -33,6 +33,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_program_cache_after_the_test():
+    """An entry point called in-process (experiments.train.main, the imbalance study) turns on
+    gaflax's cache of traced programs for the whole process; each test starts without it, as the
+    library does, unless it turns it on itself."""
+    from gaflax import programs
+
+    programs.use_program_cache(None)
+    yield
+    programs.use_program_cache(None)
+
+
 #: ../shared/data beside the project root (present in CI); tests that need it skip without it.
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
