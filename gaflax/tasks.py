@@ -197,12 +197,15 @@ class _FullBatch(Task):
         # reaches them through the arguments (keys, masks) and the data statistics.
         key = {"task": type(self).__name__, "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
                "data": self.ds.fingerprint, "data_stats": degree_stats(config, self.ds)}
-        self.train_step = programs.compile_step(train_step, (self.params, self.opt_state, self.train_inputs,
-                                                             self.train_labels, self.train_mask, self.key_dropout),
-                                                key | {"step": "train"})
-        self.eval_step = programs.compile_step(eval_step, (self.params, self.inputs, self.labels, self.masks),
-                                               key | {"step": "eval"})
+        train_args, eval_args = self.step_arguments()
+        self.train_step = programs.compile_step(train_step, train_args, key | {"step": "train"})
+        self.eval_step = programs.compile_step(eval_step, eval_args, key | {"step": "eval"})
         self.compile_seconds = time.perf_counter() - start
+
+    def step_arguments(self) -> tuple[tuple, tuple]:
+        """The arguments the train and eval steps are compiled for (those of the first epoch)."""
+        return ((self.params, self.opt_state, self.train_inputs, self.train_labels, self.train_mask, self.key_dropout),
+                (self.params, self.inputs, self.labels, self.masks))
 
     def _train_mask(self, epoch):
         return self.train_mask
@@ -356,6 +359,11 @@ class _Grid(Task):
     def select(self, new, old, take):
         return _select_members(new, old, jnp.asarray(take)) if np.any(take) else old
 
+    def _member_mesh(self, devices):
+        """The grid's ``trainer.devices``: None for one, else a mesh its members split over
+        (gaflax.devices)."""
+        return None if devices == 1 else gdevices.member_mesh(gdevices.resolve_devices(devices), self.num_members)
+
 
 class NodeGrid(_Grid):
     """Many seeds (and fixed exponents) of one node-task run in one compiled program.
@@ -406,9 +414,9 @@ class NodeGrid(_Grid):
     def _place(self, devices):
         """The grid's ``trainer.devices`` > 1: the member axis split over a mesh of devices
         (gaflax.devices), the graph and labels on every device; None (one device) otherwise."""
-        if devices == 1:
+        mesh = self._member_mesh(devices)
+        if mesh is None:
             return None
-        mesh = gdevices.member_mesh(gdevices.resolve_devices(devices), self.num_members)
         self.params, self.opt_state, self.keys_dropout, self.masks, self.alphas = gdevices.shard_members(
             (self.params, self.opt_state, self.keys_dropout, self.masks, self.alphas), mesh)
         self.graph, self.labels = gdevices.replicate((self.graph, self.labels), mesh)
@@ -509,8 +517,8 @@ class AggregatorRegressionGrid(_Grid):
         self._check_slots(any(bool(overflow) for *_, overflow in eval_sets), "an evaluation set",
                           slots[ds.eval_graphs])
         self.eval_sets = [drawn[:3] for drawn in eval_sets]
-        if devices != 1:  # the grid's trainer.devices: the member axis over a mesh of devices (gaflax.devices)
-            mesh = gdevices.member_mesh(gdevices.resolve_devices(devices), self.num_members)
+        mesh = self._member_mesh(devices)
+        if mesh is not None:
             self.params, self.opt_state, self.keys_data = gdevices.shard_members(
                 (self.params, self.opt_state, self.keys_data), mesh)
             self.eval_sets = gdevices.replicate(self.eval_sets, mesh)
