@@ -28,7 +28,7 @@ import warnings
 
 import jax
 
-__all__ = ["compile_step", "program_cache", "use_program_cache"]
+__all__ = ["compile_step", "use_program_cache"]
 
 _DIRECTORY: pathlib.Path | None = None
 _REGISTERED: set[type] = set()
@@ -39,11 +39,6 @@ def use_program_cache(directory) -> None:
     """Store and load traced programs in ``directory`` (None: do not)."""
     global _DIRECTORY
     _DIRECTORY = None if directory is None else pathlib.Path(directory)
-
-
-def program_cache() -> pathlib.Path | None:
-    """The directory in use, or None."""
-    return _DIRECTORY
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,8 +58,7 @@ def _environment() -> dict:
     return {"gaflax_source": source.hexdigest(), "versions": versions}
 
 
-def _digest(key: dict, args) -> str:
-    leaves, treedef = jax.tree.flatten(args)
+def _digest(key: dict, leaves, treedef) -> str:
     material = {
         "key": key,
         "arguments": [str(treedef), [(tuple(x.shape), str(x.dtype)) for x in leaves]],
@@ -74,7 +68,7 @@ def _digest(key: dict, args) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _register_named_tuples(tree) -> None:
+def _register_named_tuples(treedef) -> None:
     """``jax.export`` serialises dicts, lists and tuples; NamedTuple nodes (optax's states,
     jraph's GraphsTuple) need a name, which their module and class name give."""
 
@@ -91,7 +85,7 @@ def _register_named_tuples(tree) -> None:
         for child in treedef.children():
             walk(child)
 
-    walk(jax.tree.structure(tree))
+    walk(treedef)
 
 
 def _load(path: pathlib.Path):
@@ -130,8 +124,8 @@ def compile_step(fn, args: tuple, key: dict):
     # The stored program takes the arguments' leaves, so that their structure (any pytree node)
     # need not be serialised; its outputs are dicts, tuples and the arguments' NamedTuples.
     leaves, treedef = jax.tree.flatten(args)
-    path = _DIRECTORY / f"{_digest(key, args)}.exported"
-    _register_named_tuples(args)
+    path = _DIRECTORY / f"{_digest(key, leaves, treedef)}.exported"
+    _register_named_tuples(treedef)
     exported = None
     try:
         exported = _load(path)
