@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 #: Where a learned GA exponent is shared: one per layer, per head, or per channel of each head.
 ALPHA_SCOPES = ("layer", "head", "channel")
 #: Validation metrics that early stopping can monitor (with the validation loss).
+SHARDS = ("members", "data")
 MONITORS = ("accuracy", "loss", "roc_auc", "average_precision")
 
 
@@ -197,8 +198,10 @@ class TrainerConfig:
     # resample tabular training rows.
     resample: str = "none"
     evaluate_test: bool = True  # false while tuning: the test set is then never touched
-    # Devices for a vmapped grid (vmap=seeds|alphas): an int or "all"; its members are split over them.
+    # Devices: an int or "all"; `shard` says what is split over them: the members of a vmapped grid
+    # (vmap=seeds|alphas), or each padded batch of graphs (data parallel; graph classification).
     devices: int | str = 1
+    shard: str = "members"
 
 
 @dataclasses.dataclass
@@ -293,9 +296,14 @@ class Config:
         check(t.num_members >= 1, f"trainer.num_members={t.num_members} must be >= 1")
         check(t.devices == "all" or (isinstance(t.devices, int) and t.devices >= 1),
               f"trainer.devices={t.devices!r} must be an int >= 1 or 'all'")
-        check(t.devices == 1 or t.vmap != "none",
-              f"trainer.devices={t.devices!r} splits the members of a vmapped grid over devices; set trainer.vmap="
-              "seeds|alphas (single runs, data-parallel batches and sharded edges use one device)")
+        check(t.shard in SHARDS, f"trainer.shard={t.shard!r} must be one of {SHARDS}")
+        if t.shard == "members":
+            check(t.devices == 1 or t.vmap != "none",
+                  f"trainer.devices={t.devices!r} with trainer.shard=members splits the members of a vmapped grid "
+                  "over devices; set trainer.vmap=seeds|alphas, or trainer.shard=data for graph batches")
+        else:
+            check(t.vmap == "none", f"trainer.shard={t.shard} splits one run's work over devices; "
+                  f"it does not combine with trainer.vmap={t.vmap} (use trainer.shard=members)")
         check(0 <= t.fold < 10, f"trainer.fold={t.fold} must lie in 0..9")
         check(t.monitor in MONITORS, f"trainer.monitor={t.monitor!r} must be one of {MONITORS}")
         d = self.decision

@@ -1,11 +1,18 @@
-"""Several devices for one vmapped grid: its members split over a 1-D mesh (``trainer.devices``).
+"""Several devices (``trainer.devices``), split by ``trainer.shard``: a vmapped grid's members
+(``members``) or each padded batch of graphs (``data``), over a 1-D mesh.
 
-A grid's parameters, optimizer states, keys and masks carry a leading member axis and its steps
+Members: a grid's parameters, optimizer states, keys and masks carry a leading member axis and its steps
 are ``vmap``ped over it, so the members are independent: ``shard_members`` places that axis over a
 mesh of devices with ``NamedSharding`` and XLA (GSPMD) runs each device's members there, with no
 communication; the shared inputs (the graph, the labels) are replicated. With
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` one CPU shows four devices, which is how
 the tests compare this with one device.
+
+Data: each batch of graphs is split into one padded group per device (``gaflax.data.pad_shards``),
+stacked on a leading axis that ``shard_batch`` places over the mesh ``("data",)``. The task's
+steps run the model on each device's group inside ``shard_map`` and compute the loss on all the
+groups' outputs together; the parameters are replicated, so differentiating through
+``shard_map`` sums their gradients over the devices (an all-reduce).
 """
 
 from __future__ import annotations
@@ -14,7 +21,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["member_mesh", "replicate", "resolve_devices", "shard_members"]
+__all__ = ["DATA_AXIS", "data_mesh", "member_mesh", "replicate", "resolve_devices", "shard_batch", "shard_members"]
+
+#: The mesh axis of data-parallel graph batches (also BatchNorm's ``axis_name`` there).
+DATA_AXIS = "data"
 
 
 def resolve_devices(setting) -> list:
@@ -46,3 +56,13 @@ def shard_members(tree, mesh: Mesh):
 def replicate(tree, mesh: Mesh):
     """Every array of ``tree`` whole on every device of the mesh."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def data_mesh(devices: list) -> Mesh:
+    """A 1-D mesh ``("data",)`` over ``devices`` for data-parallel graph batches."""
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def shard_batch(tree, mesh: Mesh):
+    """Every array of ``tree`` split over the data mesh along its leading (device) axis."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))

@@ -456,6 +456,16 @@ def _undefined_gradient_jvp(primals, tangents):
     return x, tangents[0] * jnp.where(undefined, jnp.nan, 1).astype(x.dtype)
 
 
+def _varying_like(flags, *others):
+    """Boolean ``flags`` or-ed with a False computed from each of ``others`` (a reduction over none
+    of their elements, which XLA folds away). Inside ``shard_map`` this types ``flags`` as varying
+    over the mesh axes that ``others`` vary over, as both branches of a ``lax.cond`` must be."""
+    for other in others:
+        if other is not None:
+            flags = flags | jnp.any(jnp.ravel(other)[:0] != 0)
+    return flags
+
+
 def _checked_mean(layout, log_input, by_alpha, v, w, exponent, ids):
     """:func:`_mean` with the semantics of non-finite and invalid input (README, "Non-finite
     input"). Per group: NaN anywhere in the data, the weights or the exponent, a negative input,
@@ -491,7 +501,7 @@ def _checked_mean(layout, log_input, by_alpha, v, w, exponent, ids):
         )
 
     def as_given():
-        no = jnp.zeros(group_shape, bool)
+        no = _varying_like(jnp.zeros(group_shape, bool), v, w, exponent, ids)
         return v, w, exponent, no, no
 
     # Valid finite input (the common case) costs one plain reduction: lax.cond runs one branch.

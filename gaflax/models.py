@@ -29,6 +29,7 @@ import numpy as np
 from gaflax import pooling
 from gaflax.compat import jraph
 from gaflax.config import Config
+from gaflax.devices import DATA_AXIS
 from gaflax.pooling import ExponentSpec
 from gaflax.registry import Registry
 
@@ -323,6 +324,48 @@ class SAGELayer(_BackboneLayer):
         return root + _neighbours(self, neighbours, graph, weights, alpha)
 
 
+class MaskedBatchNorm(nn.Module):
+    """Batch normalisation over the rows of ``x`` [n, C] that ``mask`` [n, 1] marks (all rows when
+    None), with flax ``nn.BatchNorm``'s parameters (``scale``, ``bias``), state (``batch_stats``:
+    ``mean``, ``var``) and arithmetic: biased variance ``E[x^2] - E[x]^2`` (floored at 0), running
+    averages ``momentum * old + (1 - momentum) * batch``.
+
+    ``axis_name``: inside ``shard_map`` over that mesh axis (data-parallel graph batches), the
+    statistics are those of the real rows of every device together: the sums and counts are
+    ``psum``med before dividing. (``nn.BatchNorm(axis_name=...)`` averages the devices' means,
+    which differs when the devices hold different numbers of real nodes.)"""
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            x32 = x.astype(jnp.float32)
+            weight = jnp.ones((x.shape[0], 1), jnp.float32) if mask is None else mask.astype(jnp.float32)
+            totals = (jnp.sum(weight * x32, 0), jnp.sum(weight * x32 * x32, 0), jnp.sum(weight))
+            if self.axis_name is not None:
+                totals = jax.lax.psum(totals, self.axis_name)
+            first, second, count = totals
+            count = jnp.maximum(count, 1)
+            mean = first / count
+            var = jnp.maximum(second / count - mean * mean, 0)
+            if not self.is_initializing():
+                running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+                running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+        y = (x - mean.astype(x.dtype)[None]) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)[None]
+        return y * scale.astype(x.dtype)[None] + bias.astype(x.dtype)[None]
+
+
 class GINLayer(_BackboneLayer):
     """GIN (Xu et al. 2019): ``MLP((1 + eps) x_i + agg_j x_j)`` with a learned eps (from 0) and a
     two-layer ReLU MLP; sum aggregation by default (neighbours weigh 1). The MLP's first linear
@@ -333,11 +376,12 @@ class GINLayer(_BackboneLayer):
     Errica et al. have it (Linear, BN, ReLU, Linear, BN; the model applies the last ReLU). It uses
     the batch's statistics while training and running averages (momentum 0.9, PyTorch's 0.1)
     when ``deterministic``; ``padded`` (graph batches) leaves the padding nodes out of the
-    statistics."""
+    statistics, and ``batch_axis`` (data-parallel batches) takes them over every device."""
 
     train_eps: bool = True
     batch_norm: bool = False
     padded: bool = False
+    batch_axis: str | None = None  # MaskedBatchNorm's axis_name (data-parallel graph batches)
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True, alpha=None) -> jnp.ndarray:
@@ -348,7 +392,7 @@ class GINLayer(_BackboneLayer):
         if not self.batch_norm:
             return nn.Dense(self.features, name="mlp_out")(nn.relu(z))
         mask = jraph.get_node_padding_mask(graph)[:, None] if self.padded else None
-        norm = functools.partial(nn.BatchNorm, use_running_average=deterministic, momentum=0.9, epsilon=1e-5)
+        norm = functools.partial(MaskedBatchNorm, use_running_average=deterministic, axis_name=self.batch_axis)
         z = norm(name="norm_hidden")(z, mask=mask)
         return norm(name="norm_out")(nn.Dense(self.features, name="mlp_out")(nn.relu(z)), mask=mask)
 
@@ -552,7 +596,9 @@ def _build_backbone(config: Config, kind: str, num_classes: int, data_stats: dic
     m = config.model
     layer = BACKBONE_LAYERS[m.name]
     if layer is GINLayer and (not m.train_eps or m.batch_norm):
-        layer = functools.partial(GINLayer, train_eps=m.train_eps, batch_norm=m.batch_norm, padded=kind == "graph")
+        batch_axis = DATA_AXIS if kind == "graph" and config.trainer.shard == "data" else None
+        layer = functools.partial(GINLayer, train_eps=m.train_eps, batch_norm=m.batch_norm, padded=kind == "graph",
+                                  batch_axis=batch_axis)
     aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
                   aggregate=aggregate, exponent=exponent)

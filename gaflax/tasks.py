@@ -104,14 +104,20 @@ def auxiliary_loss(state) -> jax.Array:
     return sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(state.get("losses", {})))
 
 
-def make_steps(model, tx, loss=losses.cross_entropy):
+def make_steps(model, tx, loss=losses.cross_entropy, mesh=None):
     """Pure train / eval steps for masked classification: ``mask`` marks the nodes (full batch) or
     the real graphs (padded batches) that count, and ``loss(logits, labels, mask)`` is one of
     ``gaflax.losses``. ``eval_step`` takes a stack of masks and returns the logits, the loss under
     each mask and the sown intermediates (the alphas). ``alpha`` (optional, GAT only) is the value
-    of the fixed GA exponents, passed as an input so that a grid can vmap over it."""
+    of the fixed GA exponents, passed as an input so that a grid can vmap over it.
 
-    def forward(params, graph, key, deterministic, alpha):
+    ``mesh`` (data-parallel graph batches, ``gaflax.devices.data_mesh``): the graph, labels and
+    masks carry a leading device axis (``gaflax.data.pad_shards``); each device runs the model on
+    its group, and the loss is computed on every group's logits together, as on one device. The
+    logits come back flattened to ``[devices * graphs per group, ...]``. Each device draws its own
+    dropout (the key folded with its index), and auxiliary losses are averaged over the devices."""
+
+    def apply(params, graph, key, deterministic, alpha):
         """(logits, intermediates, auxiliary loss, the new model state or None)."""
         extra = {} if alpha is None else {"alpha": alpha}
         mutable = ["intermediates", "losses"] + ([STATE] if STATE in params and not deterministic else [])
@@ -119,7 +125,33 @@ def make_steps(model, tx, loss=losses.cross_entropy):
                                     mutable=mutable, **extra)
         return logits, state.get("intermediates", {}), auxiliary_loss(state), state.get(STATE)
 
+    if mesh is None:
+        forward, flat = apply, lambda x: x
+    else:
+        from jax.sharding import PartitionSpec
+
+        axis = gdevices.DATA_AXIS
+
+        def forward(params, graph, key, deterministic, alpha):
+            def local(params, graph, key, alpha):
+                graph = jax.tree.map(lambda a: a[0], graph)  # this device's group
+                key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+                return jax.tree.map(lambda a: jnp.asarray(a)[None], apply(params, graph, key, deterministic, alpha))
+
+            outs = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(),
+                                                             PartitionSpec()),
+                                 out_specs=PartitionSpec(axis))(params, graph, key, alpha)
+            logits, intermediates, auxiliary, state = outs
+            first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # the same on every device
+            return flat(logits), first(intermediates), jnp.mean(auxiliary), first(state)
+
+        def flat(x):
+            """[devices, per group, ...] -> [devices * per group, ...]"""
+            return x.reshape((-1,) + x.shape[2:])
+
     def train_step(params, opt_state, graph, labels, mask, key, alpha=None):
+        labels, mask = flat(labels), flat(mask)
+
         def objective(params):
             logits, _, auxiliary, new_state = forward(params, graph, key, False, alpha)
             return loss(logits, labels, mask) + auxiliary, new_state
@@ -133,7 +165,8 @@ def make_steps(model, tx, loss=losses.cross_entropy):
 
     def eval_step(params, graph, labels, masks, alpha=None):
         logits, intermediates, _, _ = forward(params, graph, jax.random.key(0), True, alpha)
-        return logits, jnp.stack([loss(logits, labels, m) for m in masks]), intermediates
+        labels = flat(labels)
+        return logits, jnp.stack([loss(logits, labels, flat(m)) for m in masks]), intermediates
 
     return train_step, eval_step
 
@@ -288,7 +321,11 @@ def standardized(ds, train_indices):
 
 class GraphTask(Task):
     """Graph classification on padded mini-batches (at most three shapes, so three compiles),
-    on one of 10 stratified outer folds (``trainer.fold``) with an inner holdout for validation."""
+    on one of 10 stratified outer folds (``trainer.fold``) with an inner holdout for validation.
+
+    ``trainer.shard=data``: each batch is split over ``trainer.devices`` devices (one padded group
+    of graphs each; ``make_steps``'s ``mesh``); the batches, their order and the loss are those of
+    one device, so without dropout the run equals the single-device run to float rounding."""
 
     def __init__(self, config: Config, ds):
         self.ds, self.seed = ds, config.seed
@@ -299,28 +336,39 @@ class GraphTask(Task):
         self.splits = SPLITS if config.trainer.evaluate_test else tuple(s for s in SPLITS if s != "test")
         if config.dataset.standardize:
             self.ds = ds = standardized(ds, self.indices["train"])
-        self.budgets = gdata.budgets_for(ds, self.batch_size)
+        self.mesh = None
+        if config.trainer.shard == "data":
+            self.mesh = gdevices.data_mesh(gdevices.resolve_devices(config.trainer.devices))
+        self.shards = 1 if self.mesh is None else self.mesh.size
+        self.budgets = gdata.budgets_for(ds, -(-self.batch_size // self.shards))
         self.model = build_model(config, ds, self.indices["train"])
         self.add_loops = getattr(config.model, "add_self_loops", False)
         first = self._device(next(gdata.iterate_batches(ds, self.indices["train"][: self.batch_size],
-                                                         self.batch_size, self.budgets)))
-        self.params = init_params(self.model, key_init, self.key_dropout, first[0])
+                                                         self.batch_size, self.budgets, shards=self.shards)))
+        example = first[0] if self.mesh is None else jax.tree.map(lambda a: a[0], first[0])
+        self.params = init_params(self.model, key_init, self.key_dropout, example)
+        if self.mesh is not None:
+            self.params = gdevices.replicate(self.params, self.mesh)
         tx = make_optimizer(config, self.params)
         self.opt_state = tx.init(self.params)
-        train_step, eval_step = make_steps(self.model, tx, losses.make_loss(config.loss))
+        train_step, eval_step = make_steps(self.model, tx, losses.make_loss(config.loss), self.mesh)
         self.train_step, self.eval_step = jax.jit(train_step), jax.jit(eval_step)
         start = time.perf_counter()
         jax.block_until_ready(self.eval_step(self.params, first[0], first[1], first[2][None]))
         self.compile_seconds = time.perf_counter() - start  # one shape; others compile on first use
 
     def _device(self, batch):
-        graph = jax.tree.map(jnp.asarray, batch.graph)
-        graph = add_self_loops(graph) if self.add_loops else graph
-        return graph, jnp.asarray(batch.labels), jnp.asarray(batch.graph_mask)
+        """(graph, labels, graph mask) on the device(s); data parallel: split over the mesh."""
+        arrays = (batch.graph, batch.labels, batch.graph_mask)
+        if self.mesh is None:
+            (graph, labels, mask), loops = jax.tree.map(jnp.asarray, arrays), add_self_loops
+        else:
+            (graph, labels, mask), loops = gdevices.shard_batch(arrays, self.mesh), jax.vmap(add_self_loops)
+        return (loops(graph) if self.add_loops else graph), labels, mask
 
     def _batches(self, split, epoch=0):
         yield from gdata.iterate_batches(self.ds, self.indices[split], self.batch_size, self.budgets,
-                                         shuffle=split == "train", seed=self.seed, epoch=epoch)
+                                         shuffle=split == "train", seed=self.seed, epoch=epoch, shards=self.shards)
 
     def train_epoch(self, epoch) -> np.ndarray:
         batch_losses = []
@@ -337,6 +385,9 @@ class GraphTask(Task):
             for batch in self._batches(split):
                 graph, batch_labels, graph_mask = self._device(batch)
                 logits, batch_loss, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
+                if self.mesh is not None:  # the devices' groups, in order, as the logits come
+                    batch = dataclasses.replace(batch, labels=batch.labels.reshape((-1,) + batch.labels.shape[2:]),
+                                                graph_mask=batch.graph_mask.reshape(-1))
                 keep = batch.graph_mask
                 labels.append(batch.labels[keep])
                 probs.append(outputs(logits, self.ds)[keep])
@@ -635,6 +686,9 @@ def check_fits(config: Config, ds):
     if ds.num_classes != 2 and (t.monitor in ("roc_auc", "average_precision") or config.decision.threshold == "tuned"):
         raise ValueError(f"trainer.monitor={t.monitor!r} / decision.threshold={config.decision.threshold!r}: "
                          f"{name!r} has {ds.num_classes} classes; these need a binary task")
+    if t.shard == "data" and ds.kind != "graph":
+        raise ValueError(f"trainer.shard=data splits batches of graphs over devices; {name!r} is a {ds.kind} dataset "
+                         "(full-batch tasks split a vmapped grid's members: trainer.shard=members)")
     if t.vmap != "none":
         if TASKS[ds.kind].grid is None:
             raise ValueError(f"trainer.vmap={t.vmap}: {name!r} is not a node dataset; "

@@ -217,3 +217,38 @@ def test_gin_batch_norm_trains_nodes_and_grids(tmp_path):
     for a, b in zip(single, grid):
         assert (a["best_epoch"], a["val/accuracy"], a["test/accuracy"]) == (b["best_epoch"], b["val/accuracy"],
                                                                             b["test/accuracy"])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_masked_batch_norm_equals_flax_batch_norm(masked):
+    """models.MaskedBatchNorm (GIN's, which can also sum its statistics over devices) gives flax's
+    nn.BatchNorm: outputs and gradients in training, the running statistics after a step, and the
+    outputs from running averages in evaluation."""
+    import flax.linen as nn
+
+    from gaflax.models import MaskedBatchNorm
+
+    x = jax.random.normal(jax.random.key(0), (12, 5)) * 3 + 1
+    mask = (jnp.arange(12) < 9)[:, None] if masked else None
+    ours = MaskedBatchNorm()
+    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    variables = {"params": {"scale": jnp.linspace(0.5, 2, 5), "bias": jnp.linspace(-1, 1, 5)},
+                 "batch_stats": {"mean": jnp.full(5, 0.3), "var": jnp.full(5, 2.0)}}
+    assert jax.tree.structure(ours.init(jax.random.key(1), x, mask)) == jax.tree.structure(variables)
+
+    def run(module, mask_kw):
+        def f(params, x):
+            y, state = module.apply({**variables, "params": params}, x, mutable=["batch_stats"], **mask_kw)
+            return jnp.sum(jnp.sin(y) * (1 if mask is None else mask)), (y, state)
+        (_, (y, state)), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
+        return y, state, grads
+
+    y_ours, state_ours, grads_ours = run(ours, {"mask": mask})
+    y_theirs, state_theirs, grads_theirs = run(theirs, {"mask": mask})
+    rows = slice(None) if mask is None else slice(0, 9)
+    np.testing.assert_allclose(y_ours[rows], y_theirs[rows], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves((state_ours, grads_ours)), jax.tree.leaves((state_theirs, grads_theirs))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    evaluated = MaskedBatchNorm(use_running_average=True).apply(variables, x)
+    reference = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(variables, x)
+    np.testing.assert_allclose(evaluated, reference, rtol=1e-6, atol=1e-6)

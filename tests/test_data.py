@@ -545,3 +545,29 @@ def test_standardize_is_refused_outside_graph_datasets():
     config = Config.from_dict({"dataset": {"name": "synthetic", "standardize": True}, "trainer": {"progress": False}})
     with pytest.raises(ValueError, match="dataset.standardize=true is for graph datasets"):
         check_fits(config, load_dataset(config))
+
+
+@pytest.mark.parametrize("num_graphs, shards", [(5, 3), (2, 4)])
+def test_pad_shards_splits_a_batch_into_equal_shaped_groups(num_graphs, shards):
+    """Data parallelism: a batch split into one padded group per device, consecutive graphs,
+    group sizes differing by at most one (a group may be empty: then all padding), every group of
+    one shape, and the real graphs' nodes, edges and labels those of the unsplit batch, in order."""
+    from gaflax.data.batching import pad_shards
+
+    ds = load("synthetic", level="graph", num_graphs=10, task="classification", num_classes=3)
+    graphs, labels = [ds[i] for i in range(num_graphs)], ds.labels[:num_graphs]
+    budgets = data.budgets_for(ds, -(-num_graphs // shards))
+    batch = pad_shards(graphs, labels, budgets, shards)
+    sizes = [len(g) for g in np.array_split(np.arange(num_graphs), shards)]
+    assert batch.graph_mask.shape[0] == shards and batch.graph_mask.sum(1).tolist() == sizes
+    assert batch.graph.nodes.shape[:2] == batch.node_mask.shape and batch.graph.senders.shape[0] == shards
+    whole = data.pad_batch(graphs, labels, data.budgets_for(ds, num_graphs))
+    np.testing.assert_array_equal(np.concatenate([n[m] for n, m in zip(batch.graph.nodes, batch.node_mask)]),
+                                  whole.graph.nodes[whole.node_mask])
+    np.testing.assert_array_equal(batch.labels[batch.graph_mask], labels)
+    for group in range(shards):  # each group's edges stay inside its own real nodes
+        g, m = jax.tree.map(lambda a: a[group], batch.graph), batch.node_mask[group]
+        real_edges = int(g.n_edge[: sizes[group]].sum())
+        assert real_edges == sum(int(graphs[i].n_edge[0]) for i in range(sum(sizes[:group]), sum(sizes[: group + 1])))
+        assert m[g.senders[:real_edges]].all() and m[g.receivers[:real_edges]].all()
+        assert int(m.sum()) == int(g.n_node[: sizes[group]].sum())

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gaflax.config import Config
@@ -38,9 +39,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run_child(cases: dict) -> dict:
+def _run_child(cases: dict, child: str = CHILD) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", child, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -86,13 +87,99 @@ def test_grids_over_several_devices_equal_one_device():
     assert len(out["seeds/4"]) == 4 and all(m["alphas"] for m in out["seeds/4"])
 
 
+DATA_PARALLEL_CHILD = r"""
+import json, sys
+import jax, numpy as np, optax
+from gaflax.config import Config
+from gaflax.losses import make_loss
+from gaflax.tasks import STATE, GraphTask, load_dataset, make_steps
+out = {"devices": len(jax.devices())}
+for name, raw in json.loads(sys.argv[1]).items():
+    runs = {}
+    for devices in (1, raw.pop("devices")):
+        shard = "members" if devices == 1 else "data"
+        config = Config.from_dict({**raw, "trainer": {**raw["trainer"], "devices": devices, "shard": shard}})
+        task = GraphTask(config, load_dataset(config))
+        # One step of SGD with learning rate 1 from the initial parameters: its update is the gradient.
+        sgd = optax.sgd(1.0)
+        step = jax.jit(make_steps(task.model, sgd, make_loss(config.loss), task.mesh)[0])
+        stepped, _, first_loss = step(task.params, sgd.init(task.params), *task._device(next(task._batches("train"))),
+                                      jax.random.key(0))
+        grads = jax.tree.map(lambda a, b: np.asarray(a - b).ravel().tolist(),
+                             {k: v for k, v in task.params.items() if k != STATE},
+                             {k: v for k, v in stepped.items() if k != STATE})
+        first = (float(first_loss), jax.tree.leaves(grads), [np.asarray(x).ravel().tolist()
+                                                             for x in jax.tree.leaves(stepped.get(STATE, {}))])
+        losses = [float(task.train_epoch(epoch)[0]) for epoch in range(3)]
+        (splits, alphas), = task.predict(task.params)
+        placed = sorted({len(x.sharding.device_set) for x in jax.tree.leaves(task.params)})
+        runs[devices] = (first, losses, [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(task.params)],
+                         {s: (v[0].tolist(), v[1].ravel().tolist(), v[2]) for s, v in splits.items()}, placed)
+    out[name] = runs
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_graph_batches_equal_one_device():
+    """trainer.shard=data on forced host devices: each batch of 10 graphs split over 4 devices
+    (groups of 3, 3, 2, 2) and over 3 (4, 3, 3), the gradients summed across them, gives the
+    single-device run: the same training losses, parameters (GIN's batch-norm running statistics
+    included: they are taken over every device's real nodes), and predictions on every split. Without
+    dropout, which each device draws for itself."""
+    data = {"name": "synthetic", "options": {"level": "graph", "num_graphs": 60, "task": "classification",
+                                             "num_classes": 3}}
+    trainer = {"max_epochs": 3, "patience": 3, "progress": False, "batch_size": 10}
+    cases = {
+        "gin_bn_ga": {"dataset": data, "model": {"name": "gin", "hidden": 8, "batch_norm": True, "dropout": 0.0},
+                      "readout": {"name": "ga", "learn": True}, "trainer": trainer, "devices": 4},
+        "gat_sum": {"dataset": data, "model": {"name": "gat", "hidden": 4, "heads": 2, "dropout": 0.0,
+                                               "attention_dropout": 0.0},
+                    "pool": {"name": "ga", "learn": True}, "readout": {"name": "sum"}, "trainer": trainer,
+                    "devices": 3},
+    }
+    out = _run_child(cases, DATA_PARALLEL_CHILD)
+    assert out["devices"] == 4
+    for name, many in (("gin_bn_ga", "4"), ("gat_sum", "3")):
+        (first_1, loss_1, params_1, splits_1, placed_1) = out[name]["1"]
+        (first_n, loss_n, params_n, splits_n, placed_n) = out[name][many]
+        assert placed_1 == [1] and placed_n == [int(many)], name  # replicated over the mesh
+        # The first step: loss, gradient of every parameter and the new running statistics.
+        np.testing.assert_allclose(first_n[0], first_1[0], rtol=1e-6, err_msg=name)
+        for part in (1, 2):
+            assert len(first_1[part]) == len(first_n[part]) and (part == 2 or first_1[part])
+            for a, b in zip(first_1[part], first_n[part]):
+                np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+        assert bool(first_1[2]) == (name == "gin_bn_ga")
+        # Three epochs of Adam (15 steps): the losses and predictions. (Not every parameter: Adam
+        # turns rounding noise into full steps where a gradient is ~0, as for the bias before a
+        # batch norm.)
+        np.testing.assert_allclose(loss_n, loss_1, rtol=1e-5, err_msg=name)
+        assert len(params_1) == len(params_n)
+        assert splits_1.keys() == splits_n.keys() == {"train", "val", "test"}
+        for split in splits_1:
+            assert splits_1[split][0] == splits_n[split][0], (name, split)  # labels, in order
+            np.testing.assert_allclose(splits_n[split][1], splits_1[split][1], atol=1e-3)
+            np.testing.assert_allclose(splits_n[split][2], splits_1[split][2], rtol=1e-3)
+
+
 def test_device_settings_are_checked():
     with pytest.raises(ValueError, match="trainer.devices=0 must be an int >= 1 or 'all'"):
         Config.from_dict({"trainer": {"devices": 0, "vmap": "seeds"}})
     with pytest.raises(ValueError, match="trainer.devices='two' must be an int >= 1 or 'all'"):
         Config.from_dict({"trainer": {"devices": "two", "vmap": "seeds"}})
-    with pytest.raises(ValueError, match="trainer.devices=2 splits the members of a vmapped grid"):
+    with pytest.raises(ValueError, match="trainer.devices=2 with trainer.shard=members splits the members"):
         Config.from_dict({"trainer": {"devices": 2}})
+    with pytest.raises(ValueError, match="trainer.shard='edge' must be one of"):
+        Config.from_dict({"trainer": {"shard": "edge"}})
+    with pytest.raises(ValueError, match="trainer.shard=data .* does not combine with trainer.vmap=seeds"):
+        Config.from_dict({"trainer": {"shard": "data", "vmap": "seeds", "num_members": 2}})
+    from gaflax.tasks import check_fits, load_dataset
+
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 20, "task": "classification"}},
+                               "trainer": {"shard": "data"}})
+    with pytest.raises(ValueError, match="trainer.shard=data splits batches of graphs .* 'synthetic' is a node"):
+        check_fits(config, load_dataset(config))
     from gaflax import devices
 
     with pytest.raises(ValueError, match="trainer.devices=64 but only 1 cpu device"):

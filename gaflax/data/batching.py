@@ -68,12 +68,61 @@ def pad_batch(graphs, labels, budgets: list[Budget]) -> Batch:
     return Batch(padded, padded_labels, graph_mask, node_mask)
 
 
+def _pad_to(graphs, labels, budget: Budget, template) -> Batch:
+    """``graphs`` (possibly none: then ``template``, a graph with the features' shapes, stands in
+    for an all-padding batch) padded to exactly ``budget``."""
+    batch = jraph.batch_np(graphs if graphs else [_empty_like(template)])
+    padded = jraph.pad_with_graphs(batch, budget.n_node, budget.n_edge, budget.n_graph)
+    graph_mask = np.arange(budget.n_graph) < len(graphs)
+    padded_labels = np.zeros((budget.n_graph,) + np.shape(labels)[1:], np.asarray(labels).dtype)
+    padded_labels[: len(graphs)] = labels
+    return Batch(padded, padded_labels, graph_mask, np.asarray(jraph.get_node_padding_mask(padded)))
+
+
+def _empty_like(graph):
+    """A graph with no nodes and no edges and ``graph``'s feature shapes."""
+    empty = lambda a: None if a is None else np.zeros((0,) + np.shape(a)[1:], np.asarray(a).dtype)
+    return graph._replace(nodes=empty(graph.nodes), edges=empty(graph.edges), senders=np.zeros(0, np.int32),
+                          receivers=np.zeros(0, np.int32), n_node=np.zeros(1, np.int32), n_edge=np.zeros(1, np.int32))
+
+
+def pad_shards(graphs, labels, budgets: list[Budget], shards: int) -> Batch:
+    """Data parallelism: ``graphs`` split into ``shards`` consecutive groups (sizes differ by at
+    most one; a group may be empty), each padded to the smallest budget that fits every group,
+    and stacked on a leading ``[shards]`` axis (every field of the ``Batch``)."""
+    groups = np.array_split(np.arange(len(graphs)), shards)
+    sizes = [(sum(int(graphs[i].n_node[0]) for i in g), sum(int(graphs[i].n_edge[0]) for i in g), len(g))
+             for g in groups]
+    for budget in budgets:
+        if all(budget.n_node >= n + 1 and budget.n_edge >= e and budget.n_graph >= k + 1 for n, e, k in sizes):
+            break
+    else:
+        raise ValueError(f"a group of graphs (nodes, edges, graphs: {max(sizes)}) fits no budget {budgets}")
+    labels = np.asarray(labels)
+    padded = [_pad_to([graphs[i] for i in g], labels[g], budget, graphs[0]) for g in groups]
+    return Batch(_stack_graphs([b.graph for b in padded]), np.stack([b.labels for b in padded]),
+                 np.stack([b.graph_mask for b in padded]), np.stack([b.node_mask for b in padded]))
+
+
+def _stack_graphs(graphs):
+    """``jraph.GraphsTuple``s of one shape -> one with a leading axis on every field (None stays None)."""
+    stacked = {f: None if getattr(graphs[0], f) is None else np.stack([getattr(g, f) for g in graphs])
+               for f in graphs[0]._fields}
+    return graphs[0]._replace(**stacked)
+
+
 def iterate_batches(dataset, indices, batch_size: int, budgets: list[Budget], *, shuffle: bool = False,
-                    seed: int = 0, epoch: int = 0):
-    """Yield padded ``Batch``es over ``indices``; the shuffling order follows from (seed, epoch)."""
+                    seed: int = 0, epoch: int = 0, shards: int = 1):
+    """Yield padded ``Batch``es over ``indices``; the shuffling order follows from (seed, epoch).
+    ``shards > 1``: each batch of ``batch_size`` graphs is split over that many devices
+    (``pad_shards``; ``budgets`` then fit ``ceil(batch_size / shards)`` graphs)."""
     indices = np.asarray(indices)
     if shuffle:
         indices = np.random.default_rng([seed, epoch]).permutation(indices)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        yield pad_batch([dataset[i] for i in chunk], dataset.labels[chunk], budgets)
+        graphs = [dataset[i] for i in chunk]
+        if shards > 1:
+            yield pad_shards(graphs, dataset.labels[chunk], budgets, shards)
+        else:
+            yield pad_batch(graphs, dataset.labels[chunk], budgets)
