@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 #: Where a learned GA exponent is shared: one per layer, per head, or per channel of each head.
 ALPHA_SCOPES = ("layer", "head", "channel")
 #: Validation metrics that early stopping can monitor (with the validation loss).
-SHARDS = ("members", "data")
+SHARDS = ("members", "data", "edges")
 MONITORS = ("accuracy", "loss", "roc_auc", "average_precision")
 
 
@@ -199,7 +199,8 @@ class TrainerConfig:
     resample: str = "none"
     evaluate_test: bool = True  # false while tuning: the test set is then never touched
     # Devices: an int or "all"; `shard` says what is split over them: the members of a vmapped grid
-    # (vmap=seeds|alphas), or each padded batch of graphs (data parallel; graph classification).
+    # (vmap=seeds|alphas), each padded batch of graphs (data: graph classification), or the edges
+    # of one graph (edges: full-batch node tasks).
     devices: int | str = 1
     shard: str = "members"
 

@@ -8,6 +8,14 @@ communication; the shared inputs (the graph, the labels) are replicated. With
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` one CPU shows four devices, which is how
 the tests compare this with one device.
 
+Edges: a full-batch node task's edge arrays (senders, receivers, edge features) are split over
+the mesh ``("edges",)`` and everything else is replicated (``shard_edges``). XLA (GSPMD) then
+computes each device's messages from its edges and combines the segment reductions (sums, maxima)
+across the devices, so a graph whose messages do not fit one device can train. The edge count is
+padded to a multiple of the device count with edges whose receiver (and sender) is one past the
+last node: segment reductions drop them, and their gathers read a real node's values, which reach
+no output and get no gradient (``pad_edges``).
+
 Data: each batch of graphs is split into one padded group per device (``gaflax.data.pad_shards``),
 stacked on a leading axis that ``shard_batch`` places over the mesh ``("data",)``. The task's
 steps run the model on each device's group inside ``shard_map`` and compute the loss on all the
@@ -21,10 +29,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA_AXIS", "data_mesh", "member_mesh", "replicate", "resolve_devices", "shard_batch", "shard_members"]
+__all__ = ["DATA_AXIS", "EDGE_AXIS", "data_mesh", "edge_mesh", "member_mesh", "pad_edges", "replicate",
+           "resolve_devices", "shard_batch", "shard_edges", "shard_members"]
 
 #: The mesh axis of data-parallel graph batches (also BatchNorm's ``axis_name`` there).
 DATA_AXIS = "data"
+#: The mesh axis of edge-sharded full-batch node training.
+EDGE_AXIS = "edges"
 
 
 def resolve_devices(setting) -> list:
@@ -66,3 +77,31 @@ def data_mesh(devices: list) -> Mesh:
 def shard_batch(tree, mesh: Mesh):
     """Every array of ``tree`` split over the data mesh along its leading (device) axis."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+
+
+def edge_mesh(devices: list) -> Mesh:
+    """A 1-D mesh ``("edges",)`` over ``devices`` for edge-sharded node training."""
+    return Mesh(np.asarray(devices), (EDGE_AXIS,))
+
+
+def pad_edges(graph, multiple: int):
+    """``graph`` (a ``jraph.GraphsTuple`` of one graph) with its edge count padded up to a multiple of
+    ``multiple``: the added edges go from and to node ``num_nodes`` (out of range), so that every
+    segment reduction over the receivers drops them; edge features are padded with zeros."""
+    num_edges, num_nodes = int(graph.senders.shape[0]), int(np.sum(graph.n_node))
+    extra = -num_edges % multiple
+    if extra == 0:
+        return graph
+    pad = lambda a, value: np.concatenate([np.asarray(a), np.full((extra,) + np.shape(a)[1:], value, np.asarray(a).dtype)])
+    return graph._replace(senders=pad(graph.senders, num_nodes), receivers=pad(graph.receivers, num_nodes),
+                          edges=None if graph.edges is None else pad(graph.edges, 0),
+                          n_edge=np.asarray(graph.n_edge) + np.asarray([extra] + [0] * (len(graph.n_edge) - 1)))
+
+
+def shard_edges(graph, mesh: Mesh):
+    """``graph``'s senders, receivers and edge features split over the edge mesh (their count a
+    multiple of its size: ``pad_edges``); its nodes and counts on every device."""
+    split = NamedSharding(mesh, PartitionSpec(EDGE_AXIS))
+    edge_arrays = {f: jax.device_put(getattr(graph, f), split) for f in ("senders", "receivers", "edges")
+                   if getattr(graph, f) is not None}
+    return replicate(graph._replace(senders=None, receivers=None, edges=None), mesh)._replace(**edge_arrays)

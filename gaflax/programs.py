@@ -116,10 +116,11 @@ def _named(fn, wrapper):
     return wrapper
 
 
-def compile_step(fn, args: tuple, key: dict):
+def compile_step(fn, args: tuple, key: dict, cache: bool = True):
     """``fn`` compiled for ``args`` (a tuple of pytrees of arrays); see the module docstring for
-    ``key`` and the cache. The result is called with arguments of the same shapes and structure."""
-    if _DIRECTORY is None:
+    ``key`` and the cache (``cache=False``: not used, as for arguments sharded over several
+    devices). The result is called with arguments of the same shapes and structure."""
+    if _DIRECTORY is None or not cache:
         return jax.jit(fn).lower(*args).compile()
     # The stored program takes the arguments' leaves, so that their structure (any pytree node)
     # need not be serialised; its outputs are dicts, tuples and the arguments' NamedTuples.

@@ -215,8 +215,18 @@ class _FullBatch(Task):
         self.masks_np = ds.split(config.seed)
         self.masks = jnp.stack([jnp.asarray(m) for m in self.masks_np])
         self.inputs, self.labels, self.train_inputs, self.train_labels, self.train_mask = self._inputs(config)
+        self.mesh = None
+        if config.trainer.shard == "edges":  # gaflax.devices: the edges split, everything else replicated
+            self.mesh = gdevices.edge_mesh(gdevices.resolve_devices(config.trainer.devices))
+            graph = gdevices.shard_edges(gdevices.pad_edges(self.inputs, self.mesh.size), self.mesh)
+            self.labels, self.masks, self.train_mask = gdevices.replicate((self.labels, self.masks, self.train_mask),
+                                                                          self.mesh)
+            self.inputs = self.train_inputs = graph
+            self.train_labels = self.labels
         self.model = build_model(config, ds)
         self.params = init_params(self.model, key_init, self.key_dropout, self.inputs)
+        if self.mesh is not None:
+            self.params = gdevices.replicate(self.params, self.mesh)
         self.tx = make_optimizer(config, self.params)
         self.opt_state = self.tx.init(self.params)
         self.steps = make_steps(self.model, self.tx, losses.make_loss(config.loss))
@@ -231,8 +241,9 @@ class _FullBatch(Task):
         key = {"task": type(self).__name__, "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
                "data": self.ds.fingerprint, "data_stats": degree_stats(config, self.ds)}
         train_args, eval_args = self.step_arguments()
-        self.train_step = programs.compile_step(train_step, train_args, key | {"step": "train"})
-        self.eval_step = programs.compile_step(eval_step, eval_args, key | {"step": "eval"})
+        cache = self.mesh is None
+        self.train_step = programs.compile_step(train_step, train_args, key | {"step": "train"}, cache)
+        self.eval_step = programs.compile_step(eval_step, eval_args, key | {"step": "eval"}, cache)
         self.compile_seconds = time.perf_counter() - start
 
     def step_arguments(self) -> tuple[tuple, tuple]:
@@ -285,7 +296,8 @@ class NodeTask(_FullBatch):
 
     def _train_mask(self, epoch):
         if self.balanced:
-            return balanced_train_mask(self.masks_np[0], self.ds.labels, self.seed, epoch)
+            mask = balanced_train_mask(self.masks_np[0], self.ds.labels, self.seed, epoch)
+            return mask if self.mesh is None else gdevices.replicate(mask, self.mesh)
         return self.train_mask
 
 
@@ -686,6 +698,9 @@ def check_fits(config: Config, ds):
     if ds.num_classes != 2 and (t.monitor in ("roc_auc", "average_precision") or config.decision.threshold == "tuned"):
         raise ValueError(f"trainer.monitor={t.monitor!r} / decision.threshold={config.decision.threshold!r}: "
                          f"{name!r} has {ds.num_classes} classes; these need a binary task")
+    if t.shard == "edges" and ds.kind != "node":
+        raise ValueError(f"trainer.shard=edges splits a graph's edges over devices (full-batch node tasks); {name!r} "
+                         f"is a {ds.kind} dataset" + (" (use trainer.shard=data)" if ds.kind == "graph" else ""))
     if t.shard == "data" and ds.kind != "graph":
         raise ValueError(f"trainer.shard=data splits batches of graphs over devices; {name!r} is a {ds.kind} dataset "
                          "(full-batch tasks split a vmapped grid's members: trainer.shard=members)")

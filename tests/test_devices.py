@@ -11,7 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+import jax
+import jax.numpy as jnp
+
 from gaflax.config import Config
+from gaflax.pooling import AGGREGATORS
+from gaflax.tasks import build_model, init_params, load_dataset, node_inputs, run_keys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -163,6 +168,103 @@ def test_data_parallel_graph_batches_equal_one_device():
             np.testing.assert_allclose(splits_n[split][2], splits_1[split][2], rtol=1e-3)
 
 
+EDGE_CHILD = r"""
+import json, sys
+import jax, numpy as np, optax
+from gaflax.config import Config
+from gaflax.losses import make_loss
+from gaflax.tasks import NodeTask, load_dataset, make_steps
+out = {"devices": len(jax.devices())}
+for name, raw in json.loads(sys.argv[1]).items():
+    runs = {}
+    for devices in (1, raw.pop("devices")):
+        shard = "members" if devices == 1 else "edges"
+        config = Config.from_dict({**raw, "trainer": {**raw["trainer"], "devices": devices, "shard": shard}})
+        task = NodeTask(config, load_dataset(config))
+        sgd = optax.sgd(1.0)  # one step with learning rate 1: the update is the gradient
+        step = jax.jit(make_steps(task.model, sgd, make_loss(config.loss))[0])
+        stepped, _, first_loss = step(task.params, sgd.init(task.params), task.train_inputs, task.train_labels,
+                                      task.train_mask, jax.random.key(0))
+        grads = [np.asarray(a - b).ravel().tolist() for a, b in zip(jax.tree.leaves(task.params),
+                                                                  jax.tree.leaves(stepped))]
+        losses = [float(task.train_epoch(epoch)[0]) for epoch in range(3)]
+        (splits, alphas), = task.predict(task.params)
+        placed = {f: len(getattr(task.inputs, f).sharding.device_set) for f in ("nodes", "senders", "receivers")}
+        runs[devices] = (float(first_loss), grads, losses, {s: v[1].ravel().tolist() for s, v in splits.items()},
+                         placed, int(task.inputs.senders.shape[0]))
+    out[name] = runs
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_edge_sharded_node_training_equals_one_device():
+    """trainer.shard=edges on forced host devices: a graph's edges (and their messages) split over
+    4 or 3 devices, the segment reductions combined across them by XLA, give one device's loss,
+    gradients (one SGD step), training losses over three epochs and predictions: a GAT with GA
+    learned per channel (segment_ga's sums and maxima), a GCN with node dropout and PNA. The
+    edges are padded to a multiple of the device count."""
+    data = {"name": "synthetic", "options": {"num_nodes": 90, "task": "classification", "num_classes": 3}}
+    trainer = {"max_epochs": 3, "patience": 3, "progress": False}
+    cases = {
+        "gat_ga": {"dataset": data, "model": {"name": "gat", "hidden": 4, "heads": 2, "attention_dropout": 0.0},
+                   "pool": {"name": "ga", "learn": True, "scope": "channel"}, "trainer": trainer, "devices": 4},
+        "gcn_pna": {"dataset": data, "model": {"name": "gcn", "hidden": 8}, "pool": {"name": "pna"},
+                    "trainer": trainer, "devices": 3},
+    }
+    out = _run_child(cases, EDGE_CHILD)
+    assert out["devices"] == 4
+    for name, many in (("gat_ga", "4"), ("gcn_pna", "3")):
+        first_1, grads_1, losses_1, splits_1, placed_1, edges_1 = out[name]["1"]
+        first_n, grads_n, losses_n, splits_n, placed_n, edges_n = out[name][many]
+        assert placed_n == {"nodes": int(many), "senders": int(many), "receivers": int(many)}, name
+        assert edges_n % int(many) == 0 and edges_1 <= edges_n < edges_1 + int(many)
+        np.testing.assert_allclose(first_n, first_1, rtol=1e-6, err_msg=name)
+        assert len(grads_1) == len(grads_n)
+        for a, b in zip(grads_1, grads_n):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(losses_n, losses_1, rtol=1e-5, err_msg=name)
+        for split in ("train", "val", "test"):
+            np.testing.assert_allclose(splits_n[split], splits_1[split], atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("aggregator", sorted(AGGREGATORS))
+def test_padding_edges_changes_nothing(aggregator, x64):
+    """pad_edges' extra edges (from and to one node past the last) change no logit and no gradient,
+    for every registered aggregator inside a GCN (non-uniform edge weights) and GA inside a GAT;
+    in float64, so that rounding (GenAgg's MLPs amplify it to 1e-4 in float32) cannot hide a
+    difference."""
+    from gaflax import devices
+
+    pool = {"name": aggregator} | ({"learn": True, "scope": "channel"} if AGGREGATORS[aggregator].takes_exponent else {})
+    for model in ({"name": "gcn", "hidden": 4}, {"name": "gat", "hidden": 4, "heads": 2}):
+        if model["name"] == "gat" and aggregator not in ("ga", "weighted_sum"):
+            continue
+        config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 30,
+                                                                                "task": "classification"}},
+                                   "model": model, "pool": pool})
+        ds = load_dataset(config)
+        model_ = build_model(config, ds)
+        graph = node_inputs(config, ds)[0]
+        num_edges = graph.senders.shape[0]
+        padded = jax.tree.map(jnp.asarray, devices.pad_edges(graph, num_edges + 5))  # 5 extra edges
+        assert padded.senders.shape[0] == num_edges + 5 and int(padded.n_edge.sum()) == num_edges + 5
+        assert np.all(np.asarray(padded.receivers[num_edges:]) == graph.nodes.shape[0])
+        params = init_params(model_, *run_keys(0), graph)
+
+        def loss(params, graph):
+            logits = model_.apply({"params": params}, graph, deterministic=True, mutable=["intermediates", "losses"])[0]
+            return jnp.sum(jnp.sin(logits)), logits
+
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, graph)
+        (_, logits_padded), grads_padded = jax.value_and_grad(loss, has_aux=True)(params, padded)
+        assert np.all(np.isfinite(logits_padded))
+        assert logits.dtype == jnp.float64
+        np.testing.assert_allclose(logits_padded, logits, rtol=1e-9, atol=1e-12, err_msg=str(model))
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_padded)):
+            np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-9, err_msg=str(model))
+
+
 def test_device_settings_are_checked():
     with pytest.raises(ValueError, match="trainer.devices=0 must be an int >= 1 or 'all'"):
         Config.from_dict({"trainer": {"devices": 0, "vmap": "seeds"}})
@@ -179,6 +281,11 @@ def test_device_settings_are_checked():
     config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 20, "task": "classification"}},
                                "trainer": {"shard": "data"}})
     with pytest.raises(ValueError, match="trainer.shard=data splits batches of graphs .* 'synthetic' is a node"):
+        check_fits(config, load_dataset(config))
+    config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"level": "graph", "num_graphs": 20,
+                                                                            "task": "classification"}},
+                               "trainer": {"shard": "edges"}})
+    with pytest.raises(ValueError, match="trainer.shard=edges splits a graph's edges .* graph dataset .*shard=data"):
         check_fits(config, load_dataset(config))
     from gaflax import devices
 
