@@ -24,6 +24,7 @@ from gaflax.config import Config
 from gaflax.journal import Journal
 from gaflax.pooling import AGGREGATORS
 from gaflax.tasks import grid_members
+from gaflax.devices import initialize_distributed, is_main_process
 from gaflax.train import train_and_evaluate, train_grid
 
 RUN_KEYS = ("logger", "objective", "journal", "hparams_search", "model_selection")  # run settings, not part of the experiment's Config
@@ -78,9 +79,13 @@ def train_one(cfg: DictConfig, out_dir: pathlib.Path) -> dict:
     config = to_config(cfg)  # raises a clear ValueError on bad values, before any compile
     journal = _journal(cfg.get("journal") or {"enabled": False})
     on_duplicate = cfg.journal.on_duplicate if journal else "skip"
+    if config.trainer.distributed:  # before anything asks JAX for devices (gaflax.devices)
+        initialize_distributed()
     if config.trainer.vmap != "none":
         return _train_grid(config, cfg, out_dir, journal, on_duplicate)
-    writers = make_writers(OmegaConf.to_container(cfg.logger, resolve=True), config, out_dir)
+    # Several hosts: only process 0 logs (gaflax.train also keeps the others out of the journal).
+    logger = OmegaConf.to_container(cfg.logger, resolve=True) if is_main_process() else {"name": "none"}
+    writers = make_writers(logger, config, out_dir)
     try:
         results = train_and_evaluate(config, out_dir, writers, journal=journal, on_duplicate=on_duplicate)
         for writer in writers:

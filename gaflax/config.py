@@ -203,6 +203,9 @@ class TrainerConfig:
     # of one graph (edges: full-batch node tasks).
     devices: int | str = 1
     shard: str = "members"
+    # Several hosts: jax.distributed.initialize() before anything else; devices then counts every
+    # host's devices, and only process 0 writes the journal and the run directories.
+    distributed: bool = False
 
 
 @dataclasses.dataclass
@@ -298,6 +301,7 @@ class Config:
         check(t.devices == "all" or (isinstance(t.devices, int) and t.devices >= 1),
               f"trainer.devices={t.devices!r} must be an int >= 1 or 'all'")
         check(t.shard in SHARDS, f"trainer.shard={t.shard!r} must be one of {SHARDS}")
+        check(isinstance(t.distributed, bool), f"trainer.distributed={t.distributed!r} must be true or false")
         if t.shard == "members":
             check(t.devices == 1 or t.vmap != "none",
                   f"trainer.devices={t.devices!r} with trainer.shard=members splits the members of a vmapped grid "

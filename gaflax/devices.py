@@ -16,6 +16,13 @@ padded to a multiple of the device count with edges whose receiver (and sender) 
 last node: segment reductions drop them, and their gathers read a real node's values, which reach
 no output and get no gradient (``pad_edges``).
 
+Several hosts (``trainer.distributed=true``): ``initialize_distributed`` joins the job's
+processes, after which ``jax.devices()`` lists every host's devices and the meshes above span
+them. Every process builds the same inputs from the same seed, and the placement functions build
+global arrays from them with ``jax.make_array_from_callback``: each process fills only the shards
+on its own devices (``jax.device_put`` cannot place on another host's devices). Only the main
+process writes the journal and run directories (``gaflax.train``).
+
 Data: each batch of graphs is split into one padded group per device (``gaflax.data.pad_shards``),
 stacked on a leading axis that ``shard_batch`` places over the mesh ``("data",)``. The task's
 steps run the model on each device's group inside ``shard_map`` and compute the loss on all the
@@ -29,8 +36,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA_AXIS", "EDGE_AXIS", "data_mesh", "edge_mesh", "member_mesh", "pad_edges", "replicate",
-           "resolve_devices", "shard_batch", "shard_edges", "shard_members"]
+__all__ = ["DATA_AXIS", "EDGE_AXIS", "data_mesh", "edge_mesh", "initialize_distributed", "is_main_process",
+           "member_mesh", "pad_edges", "replicate", "resolve_devices", "shard_batch", "shard_edges", "shard_members"]
 
 #: The mesh axis of data-parallel graph batches (also BatchNorm's ``axis_name`` there).
 DATA_AXIS = "data"
@@ -59,14 +66,45 @@ def member_mesh(devices: list, num_members: int) -> Mesh:
     return Mesh(np.asarray(devices), ("members",))
 
 
+_DISTRIBUTED = False
+
+
+def initialize_distributed() -> None:
+    """``trainer.distributed=true``: ``jax.distributed.initialize()``, once per process. It finds
+    the coordinator, the number of processes and this one's id from SLURM (``srun``), Open MPI, or
+    ``JAX_COORDINATOR_ADDRESS`` with ``jax.distributed``'s other settings (README)."""
+    global _DISTRIBUTED
+    if not _DISTRIBUTED:
+        jax.distributed.initialize()
+        _DISTRIBUTED = True
+
+
+def is_main_process() -> bool:
+    """Process 0 of a multi-host job (always true on one host): the one that records and writes."""
+    return jax.process_index() == 0
+
+
+def _place(tree, sharding: NamedSharding):
+    """Every array of ``tree`` as a global array with ``sharding``; this process fills the shards
+    on its own devices from its (identical) copy of the value."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x):
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree)
+
+
 def shard_members(tree, mesh: Mesh):
     """Every array of ``tree`` split over the mesh along its leading (member) axis."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
+    return _place(tree, NamedSharding(mesh, PartitionSpec("members")))
 
 
 def replicate(tree, mesh: Mesh):
     """Every array of ``tree`` whole on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return _place(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def data_mesh(devices: list) -> Mesh:
@@ -76,7 +114,7 @@ def data_mesh(devices: list) -> Mesh:
 
 def shard_batch(tree, mesh: Mesh):
     """Every array of ``tree`` split over the data mesh along its leading (device) axis."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+    return _place(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
 
 
 def edge_mesh(devices: list) -> Mesh:
@@ -102,6 +140,6 @@ def shard_edges(graph, mesh: Mesh):
     """``graph``'s senders, receivers and edge features split over the edge mesh (their count a
     multiple of its size: ``pad_edges``); its nodes and counts on every device."""
     split = NamedSharding(mesh, PartitionSpec(EDGE_AXIS))
-    edge_arrays = {f: jax.device_put(getattr(graph, f), split) for f in ("senders", "receivers", "edges")
+    edge_arrays = {f: _place(getattr(graph, f), split) for f in ("senders", "receivers", "edges")
                    if getattr(graph, f) is not None}
     return replicate(graph._replace(senders=None, receivers=None, edges=None), mesh)._replace(**edge_arrays)

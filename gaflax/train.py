@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from gaflax import devices as gdevices
 from gaflax import evaluation, rundir
 from gaflax.config import Config
-from gaflax.journal import Claim
+from gaflax.journal import Claim, Decision
 from gaflax.tasks import TASKS, check_fits, grid_members, load_dataset
 
 
@@ -54,21 +57,34 @@ def train_grid(config: Config, out_dir, journal=None, on_duplicate: str = "skip"
 
 
 def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: bool, grid_config=None) -> list[dict]:
+    if configs[0].trainer.distributed:
+        gdevices.initialize_distributed()
     ds = load_dataset(configs[0])
     check_fits(grid_config or configs[0], ds)
     entry = TASKS[ds.kind]
     experiments = [dict(config=c.to_dict(), data_fingerprint=ds.fingerprint, hypothesis=c.hypothesis, run_dir=out)
                    for c, out in zip(configs, out_dirs)]
+    main = gdevices.is_main_process()
+    scratch = contextlib.nullcontext()
+    if not main:  # another host of a multi-host job: it trains what process 0 claims, and records nothing
+        journal, writers, scratch = None, (), tempfile.TemporaryDirectory(prefix=f"gaflax-process-{jax.process_index()}-")
+        out_dirs = [pathlib.Path(scratch.name) / str(i) for i in range(len(out_dirs))]
     if journal is None:  # every run trains, nothing is recorded
         claim_context = contextlib.nullcontext(Claim(None, len(configs)))
     else:
         claim_context = journal.claim(experiments, on_duplicate=on_duplicate, device=str(jax.devices()[0]))
-    with claim_context as claim:
+    with scratch, claim_context as claim:
+        if jax.process_count() > 1:  # every process trains the runs process 0 claimed, in one program
+            run = multihost_utils.broadcast_one_to_all(np.array([d.run for d in claim.decisions]), is_source=main)
+            if not main:
+                claim = Claim(None, [Decision(bool(r)) for r in run])
         results = {}
         for i, decision in enumerate(claim.decisions):
             if decision.message:
                 print(decision.message, flush=True)
-            if not decision.run:
+            if not decision.run and journal is None:  # (another host: process 0 records the duplicate)
+                results[i] = {}
+            elif not decision.run:
                 rundir.write_duplicate_of(out_dirs[i], journal.path, decision.earlier)
                 results[i] = {**(decision.earlier["results"] or {}), "journal/duplicate_of": decision.earlier["id"]}
         todo = claim.todo

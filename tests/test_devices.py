@@ -293,3 +293,33 @@ def test_device_settings_are_checked():
         devices.resolve_devices(64)
     with pytest.raises(ValueError, match="must divide the grid's 3 members"):
         devices.member_mesh(devices.resolve_devices(1) * 2, 3)
+
+
+def _tiny(**trainer):
+    return Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 30, "task": "classification"}},
+                             "model": {"name": "gcn", "hidden": 4},
+                             "trainer": {"max_epochs": 2, "patience": 2, "progress": False, **trainer}})
+
+
+def test_distributed_initializes_once_and_only_process_0_records(tmp_path, monkeypatch):
+    """trainer.distributed=true calls jax.distributed.initialize() (which reads the cluster from
+    SLURM or JAX_COORDINATOR_ADDRESS) once per process, before the data is loaded. A process other
+    than 0 trains but writes neither the journal nor the run directory."""
+    from gaflax import devices
+    from gaflax.journal import Journal
+    from gaflax.train import train_and_evaluate
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(devices, "_DISTRIBUTED", False)
+    journal = Journal(tmp_path / "journal.sqlite")
+    first = train_and_evaluate(_tiny(distributed=True), tmp_path / "main", journal=journal)
+    assert calls == [((), {})] and (tmp_path / "main" / "results.json").exists()
+    assert len(journal.runs()) == 1 and "journal/run_id" in first
+    monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+    other = train_and_evaluate(_tiny(distributed=True, max_epochs=3), tmp_path / "other", journal=journal)
+    assert calls == [((), {})]  # not again
+    assert not (tmp_path / "other").exists() and len(journal.runs()) == 1
+    assert "journal/run_id" not in other and other["epochs"] >= 1  # trained, recorded nothing
+    with pytest.raises(ValueError, match="trainer.distributed='yes' must be true or false"):
+        Config.from_dict({"trainer": {"distributed": "yes"}})

@@ -303,8 +303,16 @@ def test_launcher_configs_compose():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         slurm = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         local = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+        command = ["trainer.distributed=true", "trainer.devices=all", "trainer.shard=data", "dataset=synthetic",
+                   "dataset.options.level=graph"]
+        hosts = compose(config_name="config", overrides=["hydra/launcher=slurm_multihost", *command],
+                        return_hydra_config=True)
+        config = to_config(compose(config_name="config", overrides=command))
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.timeout_min == 60
     assert local.hydra.launcher._target_.endswith("JoblibLauncher")
+    # several hosts: one task per node, and the trainer settings of the preset's command are valid
+    assert hosts.hydra.launcher.nodes == 2 and hosts.hydra.launcher.tasks_per_node == 1
+    assert (config.trainer.distributed, config.trainer.devices, config.trainer.shard) == (True, "all", "data")
 
 
 def test_compilation_cache_settings(tmp_path, monkeypatch):
