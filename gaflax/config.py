@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 ALPHA_SCOPES = ("layer", "head", "channel")
 #: Validation metrics that early stopping can monitor (with the validation loss).
 SHARDS = ("members", "data", "edges")
+DTYPES = ("float32", "bfloat16")
 MONITORS = ("accuracy", "loss", "roc_auc", "average_precision")
 
 
@@ -206,6 +207,9 @@ class TrainerConfig:
     # Several hosts: jax.distributed.initialize() before anything else; devices then counts every
     # host's devices, and only process 0 writes the journal and the run directories.
     distributed: bool = False
+    # Storage of the per-edge messages: float32, or bfloat16 (half the memory traffic of the
+    # largest arrays on an accelerator); parameters, aggregation and its sums stay in float32.
+    dtype: str = "float32"
 
 
 @dataclasses.dataclass
@@ -302,6 +306,7 @@ class Config:
               f"trainer.devices={t.devices!r} must be an int >= 1 or 'all'")
         check(t.shard in SHARDS, f"trainer.shard={t.shard!r} must be one of {SHARDS}")
         check(isinstance(t.distributed, bool), f"trainer.distributed={t.distributed!r} must be true or false")
+        check(t.dtype in DTYPES, f"trainer.dtype={t.dtype!r} must be one of {DTYPES}")
         if t.shard == "members":
             check(t.devices == 1 or t.vmap != "none",
                   f"trainer.devices={t.devices!r} with trainer.shard=members splits the members of a vmapped grid "

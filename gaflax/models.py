@@ -92,11 +92,41 @@ def aggregate_with_params(aggregate, module: nn.Module, messages, segment_ids, n
     return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, params=params)
 
 
+def gather_messages(h, senders, dtype: str):
+    """``h[senders]``, the per-edge messages, stored in ``dtype`` (``trainer.dtype``): bfloat16
+    halves the largest arrays of a layer, ``[E, H, C]``; ``aggregate_neighbours`` computes in
+    float32, and the gradient sums the edges' cotangents into ``h`` in float32 as well."""
+    if jnp.dtype(dtype) == h.dtype:
+        return h[senders]
+    return _gather_narrow(h, senders, jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _gather_narrow(h, senders, dtype):
+    return h.astype(dtype)[senders]
+
+
+def _gather_narrow_fwd(h, senders, dtype):
+    # (residuals are arrays: an empty [N, 0] one carries h's row count and dtype)
+    return _gather_narrow(h, senders, dtype), (senders, jnp.zeros((h.shape[0], 0), h.dtype))
+
+
+def _gather_narrow_bwd(dtype, saved, cotangent):
+    senders, like_h = saved
+    grad_h = jax.ops.segment_sum(cotangent.astype(like_h.dtype), senders, like_h.shape[0])  # float32 sums
+    return grad_h, np.zeros(senders.shape, jax.dtypes.float0)
+
+
+_gather_narrow.defvjp(_gather_narrow_fwd, _gather_narrow_bwd)
+
+
 def aggregate_neighbours(module: nn.Module, aggregate, exponent_spec, messages, receivers, num_nodes, weights, alpha=None):
     """What every backbone layer does with its messages ``[E, H, C]``: build the aggregator's GA
     exponent (from ``exponent_spec``; ``alpha`` replaces a fixed one's value) and its learnable
     parameters in ``module``, then aggregate per receiver with the layer's edge ``weights``
-    ``[E, H]`` (attention, or GCN's normalisation). Returns ``[N, H, C]``."""
+    ``[E, H]`` (attention, or GCN's normalisation). Returns ``[N, H, C]``, in float32: bfloat16
+    messages (``trainer.dtype``) are widened as they are read, so sums accumulate in float32."""
+    messages = messages.astype(jnp.promote_types(messages.dtype, jnp.float32))
     exponent = None
     if exponent_spec is not None:
         exponent = Exponent(exponent_spec, parent=module, name="exponent")(messages.shape[1], messages.shape[-1],
@@ -208,6 +238,7 @@ class LayerOptions:
     # first makes the exponent act on the features themselves, so a synthetic target built as a
     # GA of one feature is exactly representable.
     aggregate_first: bool = False
+    message_dtype: str = "float32"  # trainer.dtype: the per-edge messages' storage (see aggregate_neighbours)
 
 
 class GATLayer(nn.Module):
@@ -233,7 +264,7 @@ class GATLayer(nn.Module):
         senders, receivers = graph.senders, graph.receivers
         if not o.attention:
             h = Projection(H * C, use_bias=False, name="proj")(x).reshape(n, H, C)
-            messages = h[senders]
+            messages = gather_messages(h, senders, o.message_dtype)
             logits = jnp.zeros((len(receivers), H), x.dtype)  # equal logits: the softmax gives 1 / in-degree
         elif o.v2:
             h_src = Projection(H * C, name="proj_src")(x).reshape(n, H, C)
@@ -241,7 +272,7 @@ class GATLayer(nn.Module):
             att = self.param("att", glorot, (1, H, C))
             z = nn.leaky_relu(h_src[senders] + h_dst[receivers], o.negative_slope)
             logits = jnp.sum(z * att, axis=-1)  # [E, H]
-            messages = h_src[senders]
+            messages = gather_messages(h_src, senders, o.message_dtype)
         else:
             h = Projection(H * C, use_bias=False, name="proj")(x).reshape(n, H, C)
             att_src = self.param("att_src", glorot, (1, H, C))
@@ -249,12 +280,13 @@ class GATLayer(nn.Module):
             score_src = jnp.sum(h * att_src, axis=-1)  # [N, H]
             score_dst = jnp.sum(h * att_dst, axis=-1)
             logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], o.negative_slope)
-            messages = h[senders]
+            messages = gather_messages(h, senders, o.message_dtype)
         attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
         attention = Dropout(o.attention_dropout)(attention, deterministic=deterministic)
 
         if o.aggregate_first:  # the heads' messages are the input features themselves
-            messages = jnp.broadcast_to(x[senders][:, None, :], (len(senders), H, x.shape[-1]))
+            messages = jnp.broadcast_to(gather_messages(x, senders, o.message_dtype)[:, None, :],
+                                        (len(senders), H, x.shape[-1]))
         # [N, H, C] ([N, H, F] aggregating first)
         out = aggregate_neighbours(self, o.aggregate, o.exponent, messages, receivers, n, attention, alpha)
         if o.aggregate_first:
@@ -287,11 +319,13 @@ class _BackboneLayer(nn.Module):
     features: int
     aggregate: Callable = pooling.weighted_sum
     exponent: ExponentSpec | None = None
+    message_dtype: str = "float32"  # trainer.dtype (gather_messages)
 
 
 def _neighbours(layer: _BackboneLayer, h, graph, edge_weights, alpha):
     """``agg_j h_j`` over each node's in-neighbours with the layer's ``edge_weights`` ``[E]``: ``[N, C]``."""
-    return aggregate_neighbours(layer, layer.aggregate, layer.exponent, h[graph.senders][:, None, :], graph.receivers,
+    messages = gather_messages(h, graph.senders, layer.message_dtype)[:, None, :]
+    return aggregate_neighbours(layer, layer.aggregate, layer.exponent, messages, graph.receivers,
                                 h.shape[0], edge_weights[:, None], alpha)[:, 0, :]
 
 
@@ -577,6 +611,7 @@ def layer_options(config: Config, data_stats: dict | None = None) -> LayerOption
     m = config.model
     aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
+                        message_dtype=config.trainer.dtype,
                         attention_dropout=m.attention_dropout, attention=m.attention,
                         aggregate_first=m.aggregate_first)
 
@@ -599,6 +634,8 @@ def _build_backbone(config: Config, kind: str, num_classes: int, data_stats: dic
         batch_axis = DATA_AXIS if kind == "graph" and config.trainer.shard == "data" else None
         layer = functools.partial(GINLayer, train_eps=m.train_eps, batch_norm=m.batch_norm, padded=kind == "graph",
                                   batch_axis=batch_axis)
+    if config.trainer.dtype != "float32":
+        layer = functools.partial(layer, message_dtype=config.trainer.dtype)
     aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
     common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
                   aggregate=aggregate, exponent=exponent)

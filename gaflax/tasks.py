@@ -387,8 +387,8 @@ class GraphTask(Task):
         for i, batch in enumerate(self._batches("train", epoch)):
             key = jax.random.fold_in(jax.random.fold_in(self.key_dropout, epoch), i)
             self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, *self._device(batch), key)
-            batch_losses.append(float(loss))
-        return np.asarray([np.mean(batch_losses)])
+            batch_losses.append(loss)  # on the device: one transfer per epoch, not one per batch
+        return np.asarray([np.mean(np.asarray(jax.device_get(batch_losses)))])
 
     def predict(self, params) -> list:
         out, alphas = {}, {}

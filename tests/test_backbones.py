@@ -252,3 +252,37 @@ def test_masked_batch_norm_equals_flax_batch_norm(masked):
     evaluated = MaskedBatchNorm(use_running_average=True).apply(variables, x)
     reference = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(variables, x)
     np.testing.assert_allclose(evaluated, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregator", sorted(pooling.AGGREGATORS))
+def test_bfloat16_messages_stay_finite(aggregator):
+    """trainer.dtype=bfloat16: the per-edge messages are stored in bfloat16 (a gather with a
+    bfloat16 [E, ...] result in the program), the aggregation and the logits are float32, and the
+    values and gradients are finite, for every aggregator inside a GCN; for GA also at alpha = -1
+    and 1 inside a GAT."""
+    pools = [{"name": aggregator} | ({"learn": True} if pooling.AGGREGATORS[aggregator].takes_exponent else {})]
+    models = [{"name": "gcn", "hidden": 4}]
+    if aggregator == "ga":
+        pools += [{"name": "ga", "alpha": -1.0}, {"name": "ga", "alpha": 1.0}]
+        models += [{"name": "gat", "hidden": 4, "heads": 2}]
+    for model_config in models:
+        for pool in pools:
+            config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40,
+                                                                                    "task": "classification"}},
+                                       "model": model_config, "pool": pool, "trainer": {"dtype": "bfloat16"}})
+            ds = load_dataset(config)
+            model = build_model(config, ds)
+            graph = node_inputs(config, ds)[0]
+            params = init_params(model, *run_keys(0), graph)
+
+            def loss(params):
+                logits = model.apply({"params": params}, graph, deterministic=False, rngs={"dropout": jax.random.key(1)},
+                                     mutable=["intermediates", "losses"])[0]
+                return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+
+            (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            assert logits.dtype == jnp.float32 and np.isfinite(float(value)), (model_config, pool)
+            assert all(bool(jnp.all(jnp.isfinite(g))) and g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+            jaxpr = str(jax.make_jaxpr(loss)(params))
+            num_edges = graph.senders.shape[0]
+            assert f"bf16[{num_edges}," in jaxpr, "no bfloat16 per-edge array in the program"
