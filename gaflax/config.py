@@ -210,6 +210,9 @@ class TrainerConfig:
     # Storage of the per-edge messages: float32, or bfloat16 (half the memory traffic of the
     # largest arrays on an accelerator); parameters, aggregation and its sums stay in float32.
     dtype: str = "float32"
+    # Recompute each neighbourhood aggregation in the backward pass (jax.checkpoint) instead of
+    # storing its per-edge intermediates: less memory on big graphs, one more aggregation forward.
+    remat: bool = False
 
 
 @dataclasses.dataclass
@@ -307,6 +310,7 @@ class Config:
         check(t.shard in SHARDS, f"trainer.shard={t.shard!r} must be one of {SHARDS}")
         check(isinstance(t.distributed, bool), f"trainer.distributed={t.distributed!r} must be true or false")
         check(t.dtype in DTYPES, f"trainer.dtype={t.dtype!r} must be one of {DTYPES}")
+        check(isinstance(t.remat, bool), f"trainer.remat={t.remat!r} must be true or false")
         if t.shard == "members":
             check(t.devices == 1 or t.vmap != "none",
                   f"trainer.devices={t.devices!r} with trainer.shard=members splits the members of a vmapped grid "

@@ -606,10 +606,33 @@ def alphas_from_intermediates(intermediates) -> dict:
     return out
 
 
+def checkpointed(aggregate: Callable) -> Callable:
+    """``aggregate`` (same signature and attributes) whose intermediates are recomputed in the
+    backward pass instead of stored (``jax.checkpoint``): for GA, several ``[E, H, C]`` arrays per
+    layer fewer in memory, for one more forward pass of the aggregation (``trainer.remat``)."""
+
+    @functools.wraps(aggregate)
+    def recomputed(messages, segment_ids, num_segments, weights=None, alpha=None, params=None, with_aux=False):
+        def call(messages, segment_ids, weights, alpha, params):
+            extra = {} if params is None else {"params": params, **({"with_aux": True} if with_aux else {})}
+            return aggregate(messages, segment_ids, num_segments, weights=weights, alpha=alpha, **extra)
+
+        return jax.checkpoint(call)(messages, segment_ids, weights, alpha, params)
+
+    return recomputed
+
+
+def neighbourhood_aggregator(config: Config, data_stats: dict | None = None):
+    """``(aggregate, exponent spec)`` of ``config.pool`` for the message-passing layers;
+    ``trainer.remat`` recomputes the aggregation in the backward pass (``checkpointed``)."""
+    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
+    return (checkpointed(aggregate) if config.trainer.remat else aggregate), exponent
+
+
 def layer_options(config: Config, data_stats: dict | None = None) -> LayerOptions:
     """The GAT layers' options from ``config.model`` (a GATConfig) and ``config.pool``."""
     m = config.model
-    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
+    aggregate, exponent = neighbourhood_aggregator(config, data_stats)
     return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
                         message_dtype=config.trainer.dtype,
                         attention_dropout=m.attention_dropout, attention=m.attention,
@@ -636,7 +659,7 @@ def _build_backbone(config: Config, kind: str, num_classes: int, data_stats: dic
                                   batch_axis=batch_axis)
     if config.trainer.dtype != "float32":
         layer = functools.partial(layer, message_dtype=config.trainer.dtype)
-    aggregate, exponent = pooling.from_config(config.pool, "pool", (data_stats or {}).get("pool"))
+    aggregate, exponent = neighbourhood_aggregator(config, data_stats)
     common = dict(layer=layer, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers, dropout=m.dropout,
                   aggregate=aggregate, exponent=exponent)
     if kind == "graph":

@@ -286,3 +286,34 @@ def test_bfloat16_messages_stay_finite(aggregator):
             jaxpr = str(jax.make_jaxpr(loss)(params))
             num_edges = graph.senders.shape[0]
             assert f"bf16[{num_edges}," in jaxpr, "no bfloat16 per-edge array in the program"
+
+
+@pytest.mark.parametrize("aggregator", sorted(pooling.AGGREGATORS))
+def test_remat_recomputes_the_aggregation_with_the_same_values_and_gradients(aggregator):
+    """trainer.remat=true wraps each neighbourhood aggregation in jax.checkpoint: the program
+    has a checkpoint, and the logits, GenAgg's auxiliary loss and every gradient equal those
+    without it, for every aggregator inside a GCN."""
+    pool = {"name": aggregator} | ({"learn": True} if pooling.AGGREGATORS[aggregator].takes_exponent else {})
+    results = {}
+    for remat in (False, True):
+        config = Config.from_dict({"dataset": {"name": "synthetic", "options": {"num_nodes": 40,
+                                                                                "task": "classification"}},
+                                   "model": {"name": "gcn", "hidden": 4}, "pool": pool, "trainer": {"remat": remat}})
+        ds = load_dataset(config)
+        model = build_model(config, ds)
+        graph = node_inputs(config, ds)[0]
+        params = init_params(model, *run_keys(0), graph)
+
+        def loss(params):
+            logits, state = model.apply({"params": params}, graph, deterministic=True, mutable=["intermediates", "losses"])
+            auxiliary = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("losses", {})))
+            return jnp.sum(jnp.sin(logits)) + auxiliary, (logits, auxiliary)
+
+        results[remat] = jax.value_and_grad(loss, has_aux=True)(params)
+        assert ("remat" in str(jax.make_jaxpr(loss)(params))) == remat  # jax.checkpoint's primitive
+    ((value, (logits, aux)), grads), ((value_r, (logits_r, aux_r)), grads_r) = results[False], results[True]
+    np.testing.assert_allclose(logits_r, logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(aux_r, aux, rtol=1e-6, atol=1e-7)
+    assert jax.tree.structure(grads) == jax.tree.structure(grads_r)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -571,3 +571,28 @@ def test_pad_shards_splits_a_batch_into_equal_shaped_groups(num_graphs, shards):
         assert real_edges == sum(int(graphs[i].n_edge[0]) for i in range(sum(sizes[:group]), sum(sizes[: group + 1])))
         assert m[g.senders[:real_edges]].all() and m[g.receivers[:real_edges]].all()
         assert int(m.sum()) == int(g.n_node[: sizes[group]].sum())
+
+
+def test_sbm_is_a_homophilous_block_model():
+    """dataset=sbm: equal blocks as classes, symmetric edges without self-loops, the share of
+    same-class edges h + (1 - h) / k, features whose class means differ, a stratified 10/10/80
+    split; reproducible from its seed; bad options name their key."""
+    ds = load("sbm", num_nodes=3000, num_classes=3, avg_degree=10, homophily=0.6, num_features=4, signal=1.0)
+    g = ds.graph
+    assert ds.kind == "node" and ds.num_classes == 3 and np.bincount(ds.labels).tolist() == [1000] * 3
+    assert g.senders.shape[0] % 2 == 0 and not np.any(g.senders == g.receivers)
+    forward = set(zip(g.senders.tolist(), g.receivers.tolist()))
+    assert all((r, s) in forward for s, r in list(forward)[:2000])
+    assert abs(g.senders.shape[0] / 3000 - 10) < 0.2  # mean in-degree ~ avg_degree
+    same = np.mean(ds.labels[g.senders] == ds.labels[g.receivers])
+    assert abs(same - (0.6 + 0.4 / 3)) < 0.02
+    means = np.stack([g.nodes[ds.labels == c].mean(0) for c in range(3)])
+    assert np.ptp(means, axis=0).max() > 0.5  # signal 1.0: some class means are over half a std apart
+    train, val, test = ds.split(0)
+    assert train.sum() == 300 and val.sum() == 300 and test.sum() == 2400
+    np.testing.assert_array_equal(load("sbm", num_nodes=3000, num_classes=3, avg_degree=10, homophily=0.6,
+                                       num_features=4, signal=1.0).graph.senders, g.senders)
+    with pytest.raises(ValueError, match=r"sbm: dataset.options.homophily=1.5 must be a number in \[0, 1\]"):
+        load("sbm", num_nodes=100, homophily=1.5)
+    with pytest.raises(ValueError, match="sbm: dataset.options.num_nodes=1 must be an int >= 2"):
+        load("sbm", num_nodes=1)

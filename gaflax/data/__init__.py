@@ -22,6 +22,7 @@ from gaflax.data._files import DatasetError, default_root
 from gaflax.data.aggregator_regression import make_aggregator_regression
 from gaflax.data.batching import Batch, Budget, budgets_for, iterate_batches, pad_batch
 from gaflax.data.datasets import GraphDataset, NodeDataset, load_planetoid, load_reddit_anomaly, load_shchur, load_tu
+from gaflax.data.sbm import make_sbm
 from gaflax.data.synthetic import make_synthetic
 from gaflax.data.tabular import KEEL_PREFIX, KEEL_STUDY, RESAMPLERS, TabularDataset, balanced_node_mask, load_keel, resample
 from gaflax.registry import Registry
@@ -29,7 +30,7 @@ from gaflax.registry import Registry
 __all__ = [
     "DATASETS", "KEEL_STUDY", "RESAMPLERS", "Batch", "Budget", "DatasetEntry", "DatasetError", "GraphDataset",
     "NodeDataset", "TabularDataset", "balanced_node_mask", "budgets_for", "default_root", "iterate_batches", "load",
-    "load_keel", "lookup", "make_synthetic", "pad_batch", "resample",
+    "load_keel", "lookup", "make_sbm", "make_synthetic", "pad_batch", "resample",
 ]
 
 
@@ -61,6 +62,7 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", {
        for name in ("amazon_photo", "amazon_computers", "coauthor_cs", "coauthor_physics")},
     "reddit_anomaly": DatasetEntry(lambda root, **options: load_reddit_anomaly(root, **options), _NODE, _FILES),
     "synthetic": DatasetEntry(lambda root, **options: make_synthetic(**options), ("node", "graph")),
+    "sbm": DatasetEntry(lambda root, **options: make_sbm(**options), _NODE),
     "aggregator_regression": DatasetEntry(lambda root, **options: make_aggregator_regression(**options),
                                           ("aggregator_regression",)),
     **{name: DatasetEntry(_named(load_tu, name), ("graph",), _FILES) for name in _TU},
