@@ -187,3 +187,27 @@ def test_bench_regression_times_gaflax_and_a_peer(tmp_path, capsys):
     assert [r["name"] for r in rows] == ["gaflax/extended_ga", "peer/powermean"]
     assert rows[0]["ratio"] == 1.0 and all(r["ms_per_step"] > 0 and len(r["all_ms"]) == 1 for r in rows)
     assert "| peer/powermean |" in capsys.readouterr().out
+
+
+def test_device_check_script_is_ready_to_run():
+    """scripts/device_check.sh (run on a GPU when one is lent): valid bash, every flag it passes to
+    a script is one that script accepts, and its pytest selection collects tests."""
+    import re
+    import subprocess
+    import sys
+
+    text = (ROOT / "scripts" / "device_check.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0
+    calls = re.findall(r"scripts/(\w+)\.py((?:[^\n]|\\\n)*)", text)
+    assert {name for name, _ in calls} == {"bench_ga", "bench_grid", "reproduce_gat"}
+    for name, arguments in calls:
+        usage = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--help"], capture_output=True,
+                               text=True, cwd=ROOT).stdout
+        for flag in re.findall(r"(--[\w-]+)", arguments):
+            assert flag in usage, (name, flag)
+    selection = re.search(r'-k "([^"]+)"', text).group(1)
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider",
+                                "tests/test_devices.py", "tests/test_backbones.py", "-k", selection],
+                               capture_output=True, text=True, cwd=ROOT).stdout
+    assert re.search(r"(\d+)/\d+ tests collected|(\d+) tests collected", collected), collected[-500:]
+    assert "test_data_parallel_graph_batches_equal_one_device" in collected and "bfloat16" in collected
