@@ -4,7 +4,7 @@
     python -m experiments.imbalance_study --datasets keel_yeast4 --objectives f1 f_half --trials 3
 
 For every dataset (the Reddit anomaly graph with a GA-aggregation GAT, and KEEL tabular sets with
-an MLP) and every objective (``conf/decision/``: F1, F-beta 0.5, and GA scores with precision
+an MLP, and with ``--models``, tree ensembles too: XGBoost, LightGBM, bagging) and every objective (``conf/decision/``: F1, F-beta 0.5, and GA scores with precision
 weighing 0.75 at p = -1, 0, -4), an Optuna study (``hparams_search=imbalance_<kind>``) tunes the
 loss, the resampling and the model's hyperparameters on the validation split; every trial is
 scored with its decision threshold tuned on validation for the objective. The test split is not touched during the search
@@ -62,8 +62,16 @@ def _trial_runner(decision):
     return train
 
 
-def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: str | None, overrides=()) -> list[dict]:
-    """Run (or resume) every study and its single test evaluation; returns one row per cell."""
+def _models(kind: str, models) -> list[str]:
+    """The models a dataset's part tunes: the Reddit graph's GAT, or each of ``models`` on a table."""
+    return ["gat"] if kind == "reddit" else list(models)
+
+
+def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: str | None, overrides=(),
+        models=("mlp",)) -> list[dict]:
+    """Run (or resume) every study and its single test evaluation; returns one row per cell. On
+    tabular datasets, every model of ``models`` (``mlp``, or a tree ensemble: ``xgboost``,
+    ``lightgbm``, ``bagging``) gets its own studies, with the same objectives and protocol."""
     import optuna
     from hydra import compose, initialize_config_dir
 
@@ -73,46 +81,55 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for dataset in datasets:
             kind = _kind(dataset)
-            common = [f"experiment=imbalance_{kind}", f"dataset={dataset}",
-                      f"journal.path={(out / 'journal.sqlite').resolve()}", "journal.on_duplicate=skip"]
-            if data_root and kind == "reddit":
-                common.append(f"dataset.root={data_root}")
-            common += list(overrides)
-            # The untuned reference: the preset's defaults, cross-entropy, the most probable class.
-            reference = [*common, "decision=argmax"]
-            results = train_one(compose(config_name="config", overrides=reference), out / dataset / "untuned")
-            rows.append(_row(dataset, "untuned (argmax)", {}, results, out / dataset / "untuned"))
-            for objective in objectives:
-                cell = out / dataset / objective
-                search = [*common, f"hparams_search=imbalance_{kind}", f"hparams_search.storage={storage}",
-                          f"hparams_search.study_name={dataset}-{objective}"]
-                if trials:
-                    search.append(f"hparams_search.n_trials={trials}")
-                tuning = [*search, "decision=argmax", "trainer.evaluate_test=false", f"objective={OBJECTIVE}"]
-                objective_config = compose(config_name="config", overrides=[*search, f"decision={objective}"])
-                decision = to_config(objective_config).decision
-                run_study(compose(config_name="config", overrides=tuning), tuning, cell, _trial_runner(decision))
-                best = optuna.load_study(study_name=f"{dataset}-{objective}", storage=storage).best_trial
-                final = [*search, f"decision={objective}", *(f"{k}={v}" for k, v in best.params.items()),
-                         "trainer.evaluate_test=true"]
-                print(f"study: {dataset} / {objective}: the test set, once, for trial {best.number} {best.params}")
-                results = train_one(compose(config_name="config", overrides=final), cell / "final")
-                if abs(results["val/ga_score"] - best.value) > 1e-6:
-                    print(f"warning: the retrained best trial gives val/ga_score {results['val/ga_score']:.6f}, "
-                          f"the trial gave {best.value:.6f}")
-                rows.append(_row(dataset, objective, best.params, results, cell / "final"))
+            for model in _models(kind, models):
+                # The MLP's (and Reddit's GAT's) studies keep their original names and directories.
+                trees = model not in ("mlp", "gat")
+                preset, space, name = ((f"imbalance_{kind}_trees", f"imbalance_{kind}_{model}", f"{dataset}-{model}")
+                                       if trees else (f"imbalance_{kind}", f"imbalance_{kind}", dataset))
+                place = out / dataset / model if trees else out / dataset
+                common = [f"experiment={preset}", f"dataset={dataset}", *([f"model={model}"] if trees else []),
+                          f"journal.path={(out / 'journal.sqlite').resolve()}", "journal.on_duplicate=skip"]
+                if data_root and kind == "reddit":
+                    common.append(f"dataset.root={data_root}")
+                common += list(overrides)
+                # The untuned reference: the preset's defaults, cross-entropy, the most probable class.
+                reference = [*common, "decision=argmax"]
+                results = train_one(compose(config_name="config", overrides=reference), place / "untuned")
+                rows.append(_row(dataset, model, "untuned (argmax)", {}, results, place / "untuned"))
+                for objective in objectives:
+                    cell = place / objective
+                    search = [*common, f"hparams_search={space}", f"hparams_search.storage={storage}",
+                              f"hparams_search.study_name={name}-{objective}"]
+                    if trials:
+                        search.append(f"hparams_search.n_trials={trials}")
+                    tuning = [*search, "decision=argmax", "trainer.evaluate_test=false", f"objective={OBJECTIVE}"]
+                    objective_config = compose(config_name="config", overrides=[*search, f"decision={objective}"])
+                    decision = to_config(objective_config).decision
+                    run_study(compose(config_name="config", overrides=tuning), tuning, cell, _trial_runner(decision))
+                    best = optuna.load_study(study_name=f"{name}-{objective}", storage=storage).best_trial
+                    final = [*search, f"decision={objective}", *(f"{k}={v}" for k, v in best.params.items()),
+                             "trainer.evaluate_test=true"]
+                    print(f"study: {dataset} / {model} / {objective}: the test set, once, for trial {best.number} "
+                          f"{best.params}")
+                    results = train_one(compose(config_name="config", overrides=final), cell / "final")
+                    if abs(results["val/ga_score"] - best.value) > 1e-6:
+                        print(f"warning: the retrained best trial gives val/ga_score {results['val/ga_score']:.6f}, "
+                              f"the trial gave {best.value:.6f}")
+                    rows.append(_row(dataset, model, objective, best.params, results, cell / "final"))
     return rows
 
 
-def _row(dataset, objective, params, results, run_dir) -> dict:
-    return {"dataset": dataset, "objective": objective, "params": params,
+def _row(dataset, model, objective, params, results, run_dir) -> dict:
+    return {"dataset": dataset, "model": model, "objective": objective, "params": params,
             "threshold": results.get("decision/threshold"), "val/ga_score": results.get("val/ga_score"),
             **{name: results.get(f"test/{name}") for name in COLUMNS}, "run_dir": str(_run_dir(run_dir))}
 
 
 def _picked(params: dict, threshold) -> str:
     short = {"loss": "", "trainer.resample": "", "optimizer.lr": "lr ", "model.hidden": "h ", "model.dropout": "do ",
-             "pool.alpha": "α "}
+             "pool.alpha": "α ", "model.learning_rate": "lr ", "model.max_depth": "depth ", "model.num_leaves": "leaves ",
+             "model.subsample": "rows ", "model.min_child_weight": "mcw ", "model.min_child_samples": "mcs ",
+             "model.balanced": "balanced "}
     parts = []
     for key, value in params.items():
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -126,13 +143,14 @@ def _picked(params: dict, threshold) -> str:
 
 def table(rows) -> str:
     """The study's Markdown table: one row per dataset and objective."""
-    head = ["dataset", "objective", "picked (loss, resampling, hyperparameters, threshold)", "precision", "recall",
+    head = ["dataset", "model", "objective", "picked (loss, resampling, hyperparameters, threshold)", "precision",
+            "recall",
             "FP", "FN", "F1", "bal. acc", "ROC-AUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         numbers = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join([r["dataset"], r["objective"], _picked(r["params"], r["threshold"]), *numbers])
-                     + " |")
+        lines.append("| " + " | ".join([r["dataset"], r.get("model", "mlp"), r["objective"],
+                                        _picked(r["params"], r["threshold"]), *numbers]) + " |")
     return "\n".join(lines)
 
 
@@ -176,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), help="names in conf/decision/")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default: the search preset's)")
+    parser.add_argument("--models", nargs="+", default=["mlp"], choices=["mlp", "xgboost", "lightgbm", "bagging"],
+                        help="the models tuned on the tabular datasets")
     parser.add_argument("--data-root", default=None, help="directory holding anomaly/reddit.npz (default: $GAFLAX_DATA)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/imbalance"))
     parser.add_argument("--figure", type=pathlib.Path, default=None, help="PNG path (default: <out>/pr_curves.png)")
@@ -185,7 +205,7 @@ def main(argv=None):
     unknown = sorted(set(args.objectives) - {p.stem for p in (ROOT / "conf" / "decision").glob("*.yaml")})
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; they are the names of conf/decision/*.yaml")
-    rows = run(args.datasets, args.objectives, args.out, args.trials, args.data_root, args.overrides)
+    rows = run(args.datasets, args.objectives, args.out, args.trials, args.data_root, args.overrides, args.models)
     markdown = table(rows)
     (args.out / "table.md").write_text(markdown + "\n")
     (args.out / "study.json").write_text(json.dumps(rows, indent=2))

@@ -130,6 +130,67 @@ class MLPConfig(ModelConfig):
 
 
 @dataclasses.dataclass
+class TreesConfig(ModelConfig):
+    """The fields of the tree ensembles (``gaflax.ensembles``): each epoch adds ``rounds_per_epoch``
+    trees; every tree sees a ``subsample`` of the rows and a ``colsample`` of the columns."""
+
+    rounds_per_epoch: int = 10
+    subsample: float = 1.0
+    colsample: float = 1.0
+    integer_fields: ClassVar = ("rounds_per_epoch",)
+
+    def check(self, check):
+        super().check(check)
+        for name in ("subsample", "colsample"):
+            check(0 < getattr(self, name) <= 1, f"model.{name}={getattr(self, name)} must lie in (0, 1]")
+        if hasattr(self, "learning_rate"):
+            check(math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                  f"model.learning_rate={self.learning_rate} must be positive and finite")
+        for name in ("l2", "min_child_weight"):
+            if hasattr(self, name):
+                value = getattr(self, name)
+                check(math.isfinite(value) and value >= 0, f"model.{name}={value} must be finite and >= 0")
+
+
+@dataclasses.dataclass
+class XGBoostConfig(TreesConfig):
+    """Gradient-boosted trees by XGBoost (Chen & Guestrin 2016), ``tree_method=hist``."""
+
+    name: str = "xgboost"
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    min_child_weight: float = 1.0
+    l2: float = 1.0
+    integer_fields: ClassVar = ("rounds_per_epoch", "max_depth")
+
+
+@dataclasses.dataclass
+class LightGBMConfig(TreesConfig):
+    """Gradient-boosted trees by LightGBM (Ke et al. 2017), leaf-wise growth."""
+
+    name: str = "lightgbm"
+    num_leaves: int = 31
+    learning_rate: float = 0.1
+    min_child_samples: int = 20
+    l2: float = 0.0
+    integer_fields: ClassVar = ("rounds_per_epoch", "num_leaves", "min_child_samples")
+
+
+@dataclasses.dataclass
+class BaggingConfig(TreesConfig):
+    """Bagged decision trees (Breiman 1996) by scikit-learn; ``balanced``: every bag drawn
+    class-balanced (imbalanced-learn's BalancedBaggingClassifier)."""
+
+    name: str = "bagging"
+    max_depth: int = 0  # 0: grown until pure
+    balanced: bool = False
+
+    def check(self, check):
+        super().check(check)
+        check(isinstance(self.max_depth, int) and self.max_depth >= 0, f"model.max_depth={self.max_depth!r} must be an int >= 0")
+
+
+@dataclasses.dataclass
 class AggregatorConfig(ModelConfig):
     """The ``pool`` aggregator alone, on messages x_j (GenAgg's aggregator-regression benchmark).
     ``hidden`` is unused (there is no hidden layer); it exists so that ``debug=fast``, which sets

@@ -678,13 +678,21 @@ def _build_aggregator(config: Config, kind: str, num_classes: int, data_stats: d
     return AggregatorOnly(aggregate=aggregate, exponent=exponent)
 
 
+def _ensemble_task(config: Config, ds):
+    from gaflax.ensembles import EnsembleTask  # its libraries are optional
+
+    return EnsembleTask(config, ds)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """A registered model: ``build(config, kind, num_classes, data_stats)`` -> a flax module for a
-    dataset of ``kind`` (one of ``kinds``); ``data_stats`` as ``gaflax.tasks.degree_stats``."""
+    dataset of ``kind`` (one of ``kinds``); ``data_stats`` as ``gaflax.tasks.degree_stats``. A
+    model that is not a flax module (a tree ensemble) names the ``task`` that trains it instead."""
 
-    build: Callable[[Config, str, int], nn.Module]
+    build: Callable[[Config, str, int], nn.Module] | None
     kinds: tuple[str, ...]
+    task: Callable | None = None
 
 
 #: ``model.name`` -> entry; the config class of each is the ``gaflax.config.ModelConfig`` subclass of that name.
@@ -695,4 +703,5 @@ MODELS: Registry[ModelEntry] = Registry("model", {
     "gin": ModelEntry(_build_backbone, kinds=("node", "graph")),
     "mlp": ModelEntry(_build_mlp, kinds=("tabular",)),
     "aggregator": ModelEntry(_build_aggregator, kinds=("aggregator_regression",)),
+    **{name: ModelEntry(None, kinds=("tabular",), task=_ensemble_task) for name in ("xgboost", "lightgbm", "bagging")},
 })

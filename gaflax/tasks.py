@@ -306,13 +306,20 @@ class TabularTask(_FullBatch):
     the training rows may be resampled (``trainer.resample``), so training gets its own inputs."""
 
     def _inputs(self, config):
-        ds, train_mask = self.ds, self.masks_np[0]
-        train_x = ds.features[train_mask]
-        mean, std = train_x.mean(0), train_x.std(0)
-        x = ((ds.features - mean) / np.where(std > 0, std, 1)).astype(np.float32)
-        x_train, y_train = gdata.resample(x[train_mask], ds.labels[train_mask], config.trainer.resample, config.seed)
+        x, x_train, y_train = tabular_arrays(config, self.ds, self.masks_np[0])
         y_train = jnp.asarray(y_train)
-        return jnp.asarray(x), jnp.asarray(ds.labels), jnp.asarray(x_train), y_train, jnp.ones(y_train.shape, bool)
+        return jnp.asarray(x), jnp.asarray(self.ds.labels), jnp.asarray(x_train), y_train, jnp.ones(y_train.shape, bool)
+
+
+def tabular_arrays(config: Config, ds, train_mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x [N, F], x_train, y_train)``: every row standardised with the training rows' mean and
+    std, and the training rows resampled by ``trainer.resample`` (the MLP's and the tree
+    ensembles' inputs alike)."""
+    train_x = ds.features[train_mask]
+    mean, std = train_x.mean(0), train_x.std(0)
+    x = ((ds.features - mean) / np.where(std > 0, std, 1)).astype(np.float32)
+    x_train, y_train = gdata.resample(x[train_mask], ds.labels[train_mask], config.trainer.resample, config.seed)
+    return x, x_train, y_train
 
 
 def standardized(ds, train_indices):
@@ -671,6 +678,10 @@ def check_fits(config: Config, ds):
     anything compiles."""
     name, t = config.dataset.name, config.trainer
     model = MODELS.lookup(config.model.name, "model.name")
+    if model.task is not None:  # a tree ensemble (gaflax.ensembles)
+        from gaflax.ensembles import check_ensemble
+
+        check_ensemble(config, ds)
     loss = losses.LOSSES.lookup(config.loss.name, "loss.name")
     resampler = gdata.RESAMPLERS.lookup(t.resample, "trainer.resample")
     for key in ("pool", "readout"):

