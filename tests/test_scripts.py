@@ -211,3 +211,25 @@ def test_device_check_script_is_ready_to_run():
                                capture_output=True, text=True, cwd=ROOT).stdout
     assert re.search(r"(\d+)/\d+ tests collected|(\d+) tests collected", collected), collected[-500:]
     assert "test_data_parallel_graph_batches_equal_one_device" in collected and "bfloat16" in collected
+
+
+def test_bench_big_graph_trains_and_reports_a_small_case(tmp_path, capsys):
+    """scripts/bench_big_graph.py at a toy size: the case trains in its own process (with
+    trainer.remat) and reports its edges, seconds per epoch, XLA's memory estimate and peak RSS."""
+    bench = _script("bench_big_graph")
+    out = tmp_path / "big.json"
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["bench_big_graph.py", "--nodes", "400", "--epochs", "2", "--no-plain", "--timeout", "300",
+                "--out", str(out)]
+    try:
+        bench.main()
+    finally:
+        sys.argv = argv
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["status"] == "trained" and rows[0]["remat"] is True
+    row = rows[0]
+    assert row["edges"] > 2 * 400 and row["seconds_per_epoch"] > 0 and row["peak_rss_gb"] > 0.1
+    assert row["xla_gb_per_device"] > 0 and len(row["losses"]) == 2 and all(np.isfinite(row["losses"]))
+    assert "| 400 |" in capsys.readouterr().out
