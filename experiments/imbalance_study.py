@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
+import statistics
 
 from experiments.runtime import enable_compilation_cache
 from experiments.search import run_study
@@ -68,10 +70,11 @@ def _models(kind: str, models) -> list[str]:
 
 
 def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: str | None, overrides=(),
-        models=("mlp",)) -> list[dict]:
+        models=("mlp",), seeds=(0,)) -> list[dict]:
     """Run (or resume) every study and its single test evaluation; returns one row per cell. On
     tabular datasets, every model of ``models`` (``mlp``, or a tree ensemble: ``xgboost``,
-    ``lightgbm``, ``bagging``) gets its own studies, with the same objectives and protocol."""
+    ``lightgbm``, ``bagging``) gets its own studies, with the same objectives and protocol. Every
+    seed of ``seeds`` is a stratified split (and initialisation) of its own, with its own studies."""
     import optuna
     from hydra import compose, initialize_config_dir
 
@@ -79,7 +82,7 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
     storage = f"sqlite:///{(out / 'optuna.sqlite').resolve()}"
     rows = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for dataset in datasets:
+        for dataset, seed in ((d, s) for d in datasets for s in seeds):
             kind = _kind(dataset)
             for model in _models(kind, models):
                 # The MLP's (and Reddit's GAT's) studies keep their original names and directories.
@@ -87,7 +90,10 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
                 preset, space, name = ((f"imbalance_{kind}_trees", f"imbalance_{kind}_{model}", f"{dataset}-{model}")
                                        if trees else (f"imbalance_{kind}", f"imbalance_{kind}", dataset))
                 place = out / dataset / model if trees else out / dataset
+                if seed != 0:  # seed 0 keeps the names and directories of the single-split study
+                    name, place = f"{name}-seed{seed}", place / f"seed_{seed}"
                 common = [f"experiment={preset}", f"dataset={dataset}", *([f"model={model}"] if trees else []),
+                          f"seed={seed}",
                           f"journal.path={(out / 'journal.sqlite').resolve()}", "journal.on_duplicate=skip"]
                 if data_root and kind == "reddit":
                     common.append(f"dataset.root={data_root}")
@@ -95,7 +101,7 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
                 # The untuned reference: the preset's defaults, cross-entropy, the most probable class.
                 reference = [*common, "decision=argmax"]
                 results = train_one(compose(config_name="config", overrides=reference), place / "untuned")
-                rows.append(_row(dataset, model, "untuned (argmax)", {}, results, place / "untuned"))
+                rows.append(_row(dataset, model, "untuned (argmax)", {}, results, place / "untuned", seed))
                 for objective in objectives:
                     cell = place / objective
                     search = [*common, f"hparams_search={space}", f"hparams_search.storage={storage}",
@@ -115,12 +121,12 @@ def run(datasets, objectives, out: pathlib.Path, trials: int | None, data_root: 
                     if abs(results["val/ga_score"] - best.value) > 1e-6:
                         print(f"warning: the retrained best trial gives val/ga_score {results['val/ga_score']:.6f}, "
                               f"the trial gave {best.value:.6f}")
-                    rows.append(_row(dataset, model, objective, best.params, results, cell / "final"))
+                    rows.append(_row(dataset, model, objective, best.params, results, cell / "final", seed))
     return rows
 
 
-def _row(dataset, model, objective, params, results, run_dir) -> dict:
-    return {"dataset": dataset, "model": model, "objective": objective, "params": params,
+def _row(dataset, model, objective, params, results, run_dir, seed=0) -> dict:
+    return {"dataset": dataset, "model": model, "objective": objective, "seed": seed, "params": params,
             "threshold": results.get("decision/threshold"), "val/ga_score": results.get("val/ga_score"),
             **{name: results.get(f"test/{name}") for name in COLUMNS}, "run_dir": str(_run_dir(run_dir))}
 
@@ -143,14 +149,56 @@ def _picked(params: dict, threshold) -> str:
 
 def table(rows) -> str:
     """The study's Markdown table: one row per dataset and objective."""
-    head = ["dataset", "model", "objective", "picked (loss, resampling, hyperparameters, threshold)", "precision",
-            "recall",
+    head = ["dataset", "model", "seed", "objective", "picked (loss, resampling, hyperparameters, threshold)",
+            "precision", "recall",
             "FP", "FN", "F1", "bal. acc", "ROC-AUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         numbers = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join([r["dataset"], r.get("model", "mlp"), r["objective"],
+        lines.append("| " + " | ".join([r["dataset"], r.get("model", "mlp"), str(r.get("seed", 0)), r["objective"],
                                         _picked(r["params"], r["threshold"]), *numbers]) + " |")
+    return "\n".join(lines)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the probability of a split at least this uneven between wins
+    and losses (ties dropped) if either side were equally likely."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+SUMMARY = ("precision", "recall", "fp", "fn", "f1")
+
+
+def summary(rows) -> str:
+    """Mean ± std over the seeds of each (dataset, model, objective), and each objective against
+    F1 on the same splits: for precision and recall, the seeds where it is higher / lower than
+    F1's, with the sign test's p."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r.get("model", "mlp"), r["objective"]), []).append(r)
+    head = ["dataset", "model", "objective", "seeds", *(c.upper() if c in ("fp", "fn") else c for c in SUMMARY),
+            "precision vs F1 (+/−, p)", "recall vs F1 (+/−, p)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, model, objective), members in groups.items():
+        cells = []
+        for column in SUMMARY:
+            values = [m[column] for m in members if m[column] is not None]
+            digits = 1 if column in ("fp", "fn") else 3
+            cells.append(f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+                         if values else "–")
+        versus = []
+        reference = {m["seed"]: m for m in groups.get((dataset, model, "f1"), [])}
+        for column in ("precision", "recall"):
+            pairs = [(m[column], reference[m["seed"]][column]) for m in members if m["seed"] in reference]
+            if objective == "f1" or not pairs:
+                versus.append("–")
+                continue
+            wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+            versus.append(f"+{wins}/−{losses}, p = {sign_test(wins, losses):.2f}")
+        lines.append("| " + " | ".join([dataset, model, objective, str(len(members)), *cells, *versus]) + " |")
     return "\n".join(lines)
 
 
@@ -196,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default: the search preset's)")
     parser.add_argument("--models", nargs="+", default=["mlp"], choices=["mlp", "xgboost", "lightgbm", "bagging"],
                         help="the models tuned on the tabular datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="stratified split seeds, each with its own studies (summary: mean ± std, sign tests)")
     parser.add_argument("--data-root", default=None, help="directory holding anomaly/reddit.npz (default: $GAFLAX_DATA)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/imbalance"))
     parser.add_argument("--figure", type=pathlib.Path, default=None, help="PNG path (default: <out>/pr_curves.png)")
@@ -205,8 +255,11 @@ def main(argv=None):
     unknown = sorted(set(args.objectives) - {p.stem for p in (ROOT / "conf" / "decision").glob("*.yaml")})
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; they are the names of conf/decision/*.yaml")
-    rows = run(args.datasets, args.objectives, args.out, args.trials, args.data_root, args.overrides, args.models)
+    rows = run(args.datasets, args.objectives, args.out, args.trials, args.data_root, args.overrides, args.models,
+               args.seeds)
     markdown = table(rows)
+    if len(args.seeds) > 1:
+        markdown = summary(rows) + "\n\nEvery seed:\n\n" + markdown
     (args.out / "table.md").write_text(markdown + "\n")
     (args.out / "study.json").write_text(json.dumps(rows, indent=2))
     figure_path = args.figure or args.out / "pr_curves.png"

@@ -210,4 +210,34 @@ def test_the_study_tunes_tree_ensembles_beside_the_mlp(tmp_path, capsys):
     assert set(lightgbm_row["params"]) >= {"loss", "model.num_leaves", "model.learning_rate"}
     assert (tmp_path / "keel_yeast4" / "lightgbm" / "ga_precision_strict" / "final" / "results.json").exists()
     table = (tmp_path / "table.md").read_text()
-    assert table.count("| keel_yeast4 | lightgbm |") == 2 and table.count("| keel_yeast4 | bagging |") == 2
+    assert table.count("| keel_yeast4 | lightgbm | 0 |") == 2 and table.count("| keel_yeast4 | bagging | 0 |") == 2
+
+
+def test_sign_test():
+    from experiments.imbalance_study import sign_test
+
+    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(0, 0) == 1.0
+    assert sign_test(3, 1) == pytest.approx(2 * 5 / 16) and sign_test(2, 2) == 1.0
+
+
+@pytest.mark.slow
+def test_the_study_over_split_seeds_reports_error_bars_and_paired_tests(tmp_path, capsys):
+    """--seeds 0 1: each seed is its own stratified split with its own studies; the table starts
+    with mean ± std over the seeds and each objective's sign test against F1 on the same splits."""
+    pytest.importorskip("optuna")
+    from experiments import imbalance_study
+
+    imbalance_study.main(["--datasets", "keel_yeast4", "--objectives", "f1", "ga_precision_strict", "--trials", "2",
+                          "--seeds", "0", "1", "--out", str(tmp_path), "trainer.max_epochs=5"])
+    rows = json.loads((tmp_path / "study.json").read_text())
+    assert [(r["seed"], r["objective"]) for r in rows] == [
+        (seed, objective) for seed in (0, 1) for objective in ("untuned (argmax)", "f1", "ga_precision_strict")]
+    split_0 = np.load(tmp_path / "keel_yeast4" / "f1" / "final" / "predictions.npz")["test_labels"]
+    split_1 = np.load(tmp_path / "keel_yeast4" / "seed_1" / "f1" / "final" / "predictions.npz")["test_labels"]
+    assert len(split_0) == len(split_1) and split_0.sum() == split_1.sum()  # stratified, both
+    table = (tmp_path / "table.md").read_text()
+    strict = next(line for line in table.splitlines() if line.startswith("| keel_yeast4 | mlp | ga_precision_strict | 2 |"))
+    precisions = [r["precision"] for r in rows if r["objective"] == "ga_precision_strict"]
+    assert f"{np.mean(precisions):.3f} ± {np.std(precisions):.3f}" in strict
+    assert strict.count(", p = ") == 2
+    assert "Every seed:" in table and "| keel_yeast4 | mlp | 1 | f1 |" in table
