@@ -96,7 +96,7 @@ def gather_messages(h, senders, dtype: str):
     """``h[senders]``, the per-edge messages, stored in ``dtype`` (``trainer.dtype``): bfloat16
     halves the largest arrays of a layer, ``[E, H, C]``; ``aggregate_neighbours`` computes in
     float32, and the gradient sums the edges' cotangents into ``h`` in float32 as well."""
-    if jnp.dtype(dtype) == h.dtype:
+    if dtype == "float32":  # the default: messages as computed (float64 too, with x64 enabled)
         return h[senders]
     return _gather_narrow(h, senders, jnp.dtype(dtype))
 
