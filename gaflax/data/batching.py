@@ -51,21 +51,24 @@ def budgets_for(dataset, batch_size: int, levels: int = 3) -> list[Budget]:
     return sorted(set(out), key=lambda b: (b.n_node, b.n_edge))
 
 
+def _fitting_budget(budgets: list[Budget], sizes) -> Budget | None:
+    """The smallest budget that fits every ``(nodes, edges, graphs)`` of ``sizes``, each with room
+    for one padding graph (and its padding node); None if none does."""
+    return next((b for b in budgets if all(b.n_node >= n + 1 and b.n_edge >= e and b.n_graph >= k + 1
+                                           for n, e, k in sizes)), None)
+
+
+def _sizes(graphs) -> tuple[int, int, int]:
+    return sum(int(np.sum(g.n_node)) for g in graphs), sum(int(np.sum(g.n_edge)) for g in graphs), len(graphs)
+
+
 def pad_batch(graphs, labels, budgets: list[Budget]) -> Batch:
     """Batch ``graphs`` and pad to the smallest budget that fits."""
-    batch = jraph.batch_np(graphs)
-    nodes, edges = int(batch.n_node.sum()), int(batch.n_edge.sum())
-    for budget in budgets:
-        if budget.n_node >= nodes + 1 and budget.n_edge >= edges and budget.n_graph >= len(graphs) + 1:
-            break
-    else:
-        raise ValueError(f"a batch of {len(graphs)} graphs ({nodes} nodes, {edges} edges) fits no budget {budgets}")
-    padded = jraph.pad_with_graphs(batch, budget.n_node, budget.n_edge, budget.n_graph)
-    graph_mask = np.asarray(jraph.get_graph_padding_mask(padded))
-    node_mask = np.asarray(jraph.get_node_padding_mask(padded))
-    padded_labels = np.zeros((budget.n_graph,) + np.shape(labels)[1:], np.asarray(labels).dtype)
-    padded_labels[: len(graphs)] = labels
-    return Batch(padded, padded_labels, graph_mask, node_mask)
+    nodes, edges, count = _sizes(graphs)
+    budget = _fitting_budget(budgets, [(nodes, edges, count)])
+    if budget is None:
+        raise ValueError(f"a batch of {count} graphs ({nodes} nodes, {edges} edges) fits no budget {budgets}")
+    return _pad_to(graphs, labels, budget, graphs[0])
 
 
 def _pad_to(graphs, labels, budget: Budget, template) -> Batch:
@@ -91,12 +94,9 @@ def pad_shards(graphs, labels, budgets: list[Budget], shards: int) -> Batch:
     most one; a group may be empty), each padded to the smallest budget that fits every group,
     and stacked on a leading ``[shards]`` axis (every field of the ``Batch``)."""
     groups = np.array_split(np.arange(len(graphs)), shards)
-    sizes = [(sum(int(graphs[i].n_node[0]) for i in g), sum(int(graphs[i].n_edge[0]) for i in g), len(g))
-             for g in groups]
-    for budget in budgets:
-        if all(budget.n_node >= n + 1 and budget.n_edge >= e and budget.n_graph >= k + 1 for n, e, k in sizes):
-            break
-    else:
+    sizes = [_sizes([graphs[i] for i in g]) for g in groups]
+    budget = _fitting_budget(budgets, sizes)
+    if budget is None:
         raise ValueError(f"a group of graphs (nodes, edges, graphs: {max(sizes)}) fits no budget {budgets}")
     labels = np.asarray(labels)
     padded = [_pad_to([graphs[i] for i in g], labels[g], budget, graphs[0]) for g in groups]
