@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from gaflax.config import Config
+from gaflax.tasks import SPLITS, Task, tabular_arrays
 
 #: The losses a tree ensemble can train with (``loss.name``).
 ENSEMBLE_LOSSES = ("ce", "weighted_ce")
@@ -120,19 +121,14 @@ class _Bagging(_Trees):
 ENSEMBLES = {"xgboost": _XGBoost, "lightgbm": _LightGBM, "bagging": _Bagging}
 
 
-class EnsembleTask:
+class EnsembleTask(Task):
     """A tree ensemble on a tabular dataset, with ``gaflax.tasks``' interface (one member).
 
     The rows are prepared as for the MLP (``gaflax.tasks.tabular_arrays``: standardised with the
     training rows' statistics, training rows resampled by ``trainer.resample``), so the two differ
     only in the model. Without ``trainer.evaluate_test`` the test rows are never predicted."""
 
-    num_members = 1
-    compile_seconds = 0.0
-
     def __init__(self, config: Config, ds):
-        from gaflax.tasks import SPLITS, tabular_arrays
-
         self.ds, self.config = ds, config
         masks = ds.split(config.seed)
         x, x_train, y_train = tabular_arrays(config, ds, masks[0])
@@ -163,9 +159,6 @@ class EnsembleTask:
             weights = class_weights(labels, self.ds.num_classes) if self.weighted else None
             splits[split] = (labels, probs, log_loss(labels, probs, weights))
         return [(splits, {})]
-
-    def select(self, new, old, take):
-        return new if take[0] else old
 
 
 def check_ensemble(config: Config, ds) -> None:
