@@ -138,18 +138,19 @@ class TreesConfig(ModelConfig):
     subsample: float = 1.0
     colsample: float = 1.0
     integer_fields: ClassVar = ("rounds_per_epoch",)
+    positive_fields: ClassVar[tuple[str, ...]] = ()  # finite and > 0
+    nonnegative_fields: ClassVar[tuple[str, ...]] = ()  # finite and >= 0
 
     def check(self, check):
         super().check(check)
         for name in ("subsample", "colsample"):
             check(0 < getattr(self, name) <= 1, f"model.{name}={getattr(self, name)} must lie in (0, 1]")
-        if hasattr(self, "learning_rate"):
-            check(math.isfinite(self.learning_rate) and self.learning_rate > 0,
-                  f"model.learning_rate={self.learning_rate} must be positive and finite")
-        for name in ("l2", "min_child_weight"):
-            if hasattr(self, name):
-                value = getattr(self, name)
-                check(math.isfinite(value) and value >= 0, f"model.{name}={value} must be finite and >= 0")
+        for name in self.positive_fields:
+            value = getattr(self, name)
+            check(math.isfinite(value) and value > 0, f"model.{name}={value} must be positive and finite")
+        for name in self.nonnegative_fields:
+            value = getattr(self, name)
+            check(math.isfinite(value) and value >= 0, f"model.{name}={value} must be finite and >= 0")
 
 
 @dataclasses.dataclass
@@ -162,6 +163,8 @@ class XGBoostConfig(TreesConfig):
     min_child_weight: float = 1.0
     l2: float = 1.0
     integer_fields: ClassVar = ("rounds_per_epoch", "max_depth")
+    positive_fields: ClassVar = ("learning_rate",)
+    nonnegative_fields: ClassVar = ("min_child_weight", "l2")
 
 
 @dataclasses.dataclass
@@ -174,6 +177,8 @@ class LightGBMConfig(TreesConfig):
     min_child_samples: int = 20
     l2: float = 0.0
     integer_fields: ClassVar = ("rounds_per_epoch", "num_leaves", "min_child_samples")
+    positive_fields: ClassVar = ("learning_rate",)
+    nonnegative_fields: ClassVar = ("l2",)
 
 
 @dataclasses.dataclass
