@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 ALPHA_SCOPES = ("layer", "head", "channel")
 #: Validation metrics that early stopping can monitor (with the validation loss).
 SHARDS = ("members", "data", "edges")
+GRID_STEPS = ("auto", "vmap", "loop")
 DTYPES = ("float32", "bfloat16")
 MONITORS = ("accuracy", "loss", "roc_auc", "average_precision")
 
@@ -257,6 +258,11 @@ class TrainerConfig:
     vmap: str = "none"
     num_members: int = 1
     alphas: tuple = ()
+    # How a node grid's program runs its members: "vmap" (all in one batched step), "loop" (one
+    # compiled member step, run for each running member in turn: on a CPU, where a step is
+    # compute-bound, batching only enlarges the temporaries; stopped members cost nothing), or
+    # "auto": loop on a CPU with one device, vmap on accelerators and over several devices.
+    grid_step: str = "auto"
     # Early stopping and the best epoch follow this validation metric (and the validation loss):
     # accuracy (the GAT paper), loss, or for binary tasks roc_auc / average_precision.
     monitor: str = "accuracy"
@@ -366,6 +372,10 @@ class Config:
         m.check(check)
         check(t.batch_size >= 1, f"trainer.batch_size={t.batch_size} must be >= 1")
         check(t.vmap in ("none", "seeds", "alphas"), f"trainer.vmap={t.vmap!r} must be 'none', 'seeds' or 'alphas'")
+        check(t.grid_step in GRID_STEPS, f"trainer.grid_step={t.grid_step!r} must be one of {GRID_STEPS}")
+        check(t.grid_step != "loop" or t.devices == 1,
+              f"trainer.grid_step=loop runs one member at a time on one device; trainer.devices={t.devices!r} "
+              "splits the members over devices, which needs trainer.grid_step=vmap (or auto)")
         if t.vmap == "alphas":
             check(not self.pool.learn, "trainer.vmap=alphas needs a fixed exponent (pool.learn=false)")
             check(len(t.alphas) >= 1 and all(-1 <= a <= 1 for a in t.alphas),

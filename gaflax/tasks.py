@@ -202,6 +202,13 @@ class Task:
     def select(self, new, old, take):
         return new if take[0] else old
 
+    def stop_member(self, m: int):
+        """Member ``m`` has stopped early (the epoch loop reads none of its results any more)."""
+
+    def predict_running(self, params) -> list:
+        """The epoch loop's evaluation: ``predict``, where members that have stopped may be None."""
+        return self.predict(params)
+
 
 class _FullBatch(Task):
     """Full-batch training with fixed shapes and AOT-compiled steps. Subclasses give the inputs
@@ -445,7 +452,7 @@ class NodeGrid(_Grid):
     matmuls may round differently, and the exponent is an input here, a constant there).
     """
 
-    def __init__(self, configs: list[Config], ds, devices=1):
+    def __init__(self, configs: list[Config], ds, devices=1, grid_step="auto"):
         self.ds, self.num_members = ds, len(configs)
         self.seeds, self.balanced = [c.seed for c in configs], configs[0].trainer.resample == "balanced"
         keys = [run_keys(c.seed) for c in configs]
@@ -474,12 +481,51 @@ class NodeGrid(_Grid):
             return jax.vmap(train_step, (0, 0, None, None, 0, 0, alpha_axis))(
                 params, opt_state, graph, labels, train_masks, keys, alphas)
 
+        self.loop = _grid_step(grid_step, devices) == "loop"
+        self.running = np.ones(self.num_members, bool)  # loop: the members still training
         start = time.perf_counter()
-        self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels,
-                                                       self.masks[:, 0], self.keys_dropout, self.alphas, 0).compile()
-        self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0, alpha_axis))).lower(
-            self.params, self.graph, self.labels, self.masks, self.alphas).compile()
+        if self.loop:
+            self._compile_member_steps(train_step, eval_step)
+        else:
+            self.train_step = jax.jit(train_members).lower(self.params, self.opt_state, self.graph, self.labels,
+                                                           self.masks[:, 0], self.keys_dropout, self.alphas,
+                                                           0).compile()
+            self.eval_step = jax.jit(jax.vmap(eval_step, (0, None, None, 0, alpha_axis))).lower(
+                self.params, self.graph, self.labels, self.masks, self.alphas).compile()
         self.compile_seconds = time.perf_counter() - start
+
+    def _compile_member_steps(self, train_step, eval_step):
+        """``trainer.grid_step=loop``: one compiled step for one member, given its index; it reads
+        and writes that member's slice of the stacked parameters and optimizer state (donated, so
+        updated in place). Member m computes what the vmapped grid's member m computes."""
+
+        def pick(a, m):
+            return None if a is None else jax.lax.dynamic_index_in_dim(a, m, keepdims=False)
+
+        def put(stacked, member, m):
+            return jax.tree.map(lambda a, x: jax.lax.dynamic_update_index_in_dim(a, x, m, 0), stacked, member)
+
+        def train_member(params, opt_state, graph, labels, train_masks, keys, alphas, epoch, m):
+            member = jax.tree.map(lambda a: pick(a, m), (params, opt_state))
+            key = jax.random.fold_in(pick(keys, m), epoch)
+            new_params, new_state, loss = train_step(*member, graph, labels, pick(train_masks, m), key,
+                                                     pick(alphas, m))
+            return put(params, new_params, m), put(opt_state, new_state, m), loss
+
+        def eval_member(params, graph, labels, masks, alphas, m):
+            return eval_step(jax.tree.map(lambda a: pick(a, m), params), graph, labels, pick(masks, m),
+                             pick(alphas, m))
+
+        m = jnp.int32(0)
+        self.train_step = jax.jit(train_member, donate_argnums=(0, 1)).lower(
+            self.params, self.opt_state, self.graph, self.labels, self.masks[:, 0], self.keys_dropout, self.alphas,
+            0, m).compile()
+        self.eval_step = jax.jit(eval_member).lower(self.params, self.graph, self.labels, self.masks,
+                                                    self.alphas, m).compile()
+
+    def stop_member(self, m: int):
+        """Member ``m`` has stopped early: the loop step no longer trains or evaluates it."""
+        self.running[m] = False
 
     def _place(self, devices):
         """The grid's ``trainer.devices`` > 1: the member axis split over a mesh of devices
@@ -492,26 +538,62 @@ class NodeGrid(_Grid):
         self.graph, self.labels = gdevices.replicate((self.graph, self.labels), mesh)
         return mesh
 
-    def train_epoch(self, epoch) -> np.ndarray:
+    def _train_masks(self, epoch):
         train_masks = self.masks[:, 0]
         if self.balanced:
             train_masks = jnp.stack([balanced_train_mask(masks[0], self.ds.labels, seed, epoch)
                                      for masks, seed in zip(self.masks_np, self.seeds)])
             if self.mesh is not None:
                 train_masks = gdevices.shard_members(train_masks, self.mesh)
-        self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph, self.labels,
-                                                            train_masks, self.keys_dropout, self.alphas, epoch)
-        return np.asarray(loss)
+        return train_masks
 
-    def predict(self, params) -> list:
-        logits, split_losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks, self.alphas)
-        probs, split_losses = outputs(logits, self.ds), np.asarray(split_losses)
-        out = []
+    def train_epoch(self, epoch) -> np.ndarray:
+        train_masks = self._train_masks(epoch)
+        if not self.loop:
+            self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph,
+                                                                self.labels, train_masks, self.keys_dropout,
+                                                                self.alphas, epoch)
+            return np.asarray(loss)
+        losses = []
         for m in range(self.num_members):
-            splits = {split: (self.ds.labels[mask], probs[m][mask], float(loss))
-                      for split, mask, loss in zip(SPLITS, self.masks_np[m], split_losses[m])}
-            out.append((splits, alphas_from_intermediates(jax.tree.map(lambda x: x[m], intermediates))))
+            if self.running[m]:
+                self.params, self.opt_state, loss = self.train_step(self.params, self.opt_state, self.graph,
+                                                                    self.labels, train_masks, self.keys_dropout,
+                                                                    self.alphas, epoch, jnp.int32(m))
+            else:
+                loss = jnp.float32(jnp.nan)  # stopped: fit no longer reads it
+            losses.append(loss)
+        return np.asarray(jnp.stack(losses))
+
+    def predict_running(self, params) -> list:
+        return self.predict(params, running_only=self.loop)
+
+    def predict(self, params, running_only: bool = False) -> list:
+        """Each member's splits and learned exponents; with ``running_only``, None for the members
+        that have stopped (the loop step does not evaluate them)."""
+        if self.loop:
+            members = [m for m in range(self.num_members) if self.running[m] or not running_only]
+            evaluated = [self.eval_step(params, self.graph, self.labels, self.masks, self.alphas, jnp.int32(m))
+                         for m in members]
+            logits, split_losses, intermediates = jax.tree.map(lambda *a: jnp.stack(a), *evaluated)
+        else:
+            members = range(self.num_members)
+            logits, split_losses, intermediates = self.eval_step(params, self.graph, self.labels, self.masks,
+                                                                 self.alphas)
+        probs, split_losses = outputs(logits, self.ds), np.asarray(split_losses)
+        out = [None] * self.num_members
+        for i, m in enumerate(members):
+            splits = {split: (self.ds.labels[mask], probs[i][mask], float(loss))
+                      for split, mask, loss in zip(SPLITS, self.masks_np[m], split_losses[i])}
+            out[m] = (splits, alphas_from_intermediates(jax.tree.map(lambda x: x[i], intermediates)))
         return out
+
+
+def _grid_step(grid_step, devices) -> str:
+    """``trainer.grid_step`` resolved: auto is loop on one CPU device, vmap otherwise."""
+    if grid_step != "auto":
+        return grid_step
+    return "loop" if devices == 1 and jax.default_backend() == "cpu" else "vmap"
 
 
 class AggregatorRegressionGrid(_Grid):
@@ -523,13 +605,17 @@ class AggregatorRegressionGrid(_Grid):
     Member m starts from ``run_keys(seed)[0]`` and draws its training graphs from
     ``run_keys(seed)[1]`` folded with the epoch and step. The splits are three fixed sets of
     ``eval_graphs`` graphs, drawn from keys no training step uses, the same for every member:
-    ``train`` (reported only), ``val`` (early stopping and the best epoch) and ``test``.
+    ``train`` (reported only), ``val`` (early stopping and the best epoch) and ``test``. Its steps
+    are tiny, so its members are always vmapped (``trainer.grid_step`` auto or vmap).
     """
 
     #: The keys of the fixed evaluation sets.
     EVAL_KEYS = {"train": 2**31 - 3, "val": 2**31 - 2, "test": 2**31 - 1}
 
-    def __init__(self, configs: list[Config], ds, devices=1):
+    def __init__(self, configs: list[Config], ds, devices=1, grid_step="auto"):
+        if grid_step == "loop":
+            raise ValueError("trainer.grid_step=loop: the aggregator-regression grid always vmaps its members "
+                             "(each step is tiny); use trainer.grid_step=auto or vmap")
         from gaflax.data.aggregator_regression import edge_lists, edge_slots, sample_graphs
 
         self.ds, self.num_members = ds, len(configs)
@@ -654,7 +740,7 @@ def grid_members(config: Config) -> list[tuple[str, Config]]:
     ``trainer.vmap=seeds`` gives ``num_members`` seeds (``seed``, ``seed + 1``, ...);
     ``trainer.vmap=alphas`` gives every fixed exponent in ``trainer.alphas`` times those seeds."""
     t = config.trainer
-    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=(), devices=1)
+    single = dataclasses.replace(t, vmap="none", num_members=1, alphas=(), devices=1, grid_step="auto")
     seeds = range(config.seed, config.seed + t.num_members)
     if t.vmap == "seeds":
         return [(f"seed_{s}", dataclasses.replace(config, seed=s, trainer=single)) for s in seeds]

@@ -92,7 +92,8 @@ def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: 
         if todo:
             members = [configs[i] for i in todo]
             single = MODELS[members[0].model.name].task or entry.single  # (a tree ensemble has its own)
-            task = entry.grid(members, ds, devices=grid_config.trainer.devices) if grid else single(members[0], ds)
+            task = (entry.grid(members, ds, devices=grid_config.trainer.devices, grid_step=grid_config.trainer.grid_step)
+                    if grid else single(members[0], ds))
             trained = fit(task, members, [out_dirs[i] for i in todo], writers, claim.heartbeat)
             for i, member_results in zip(todo, trained):
                 if grid:
@@ -114,7 +115,9 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
     member_writers = [[jsonl] for jsonl in jsonls]
     member_writers[0].extend(writers)
     trackers = [evaluation.EarlyStopping(config.trainer.patience, config.trainer.monitor) for _ in configs]
-    best_params, epoch_times = task.params, []
+    # A copy: a task may donate its parameters to its train step (NodeGrid's loop step does).
+    best_params = jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, task.params)
+    epoch_times = []
     name = config.dataset.name if len(configs) == 1 else f"{config.dataset.name} x{len(configs)}"
     # Into a log (CI, SLURM, nohup) every refresh is a line: there, at most one every 10 s.
     terminal = sys.stderr.isatty()
@@ -124,12 +127,13 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
         for epoch in bar:
             t0 = time.perf_counter()
             train_losses = task.train_epoch(epoch)
-            predictions = task.predict(task.params)
+            predictions = task.predict_running(task.params)
             epoch_times.append(time.perf_counter() - t0)
             take = np.zeros(len(configs), bool)
-            for m, ((splits, alphas), tracker) in enumerate(zip(predictions, trackers)):
+            for m, (prediction, tracker) in enumerate(zip(predictions, trackers)):
                 if tracker.stopped:
                     continue
+                splits, alphas = prediction
                 row = evaluation.epoch_row(float(train_losses[m]), splits, alphas, epoch_times[-1],
                                            config.trainer.monitor)
                 for writer in member_writers[m]:
@@ -141,6 +145,8 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
                         f"(optimizer.lr={configs[m].optimizer.lr}, pool.lr_mult={configs[m].pool.lr_mult}); "
                         f"metrics so far in {pathlib.Path(out_dirs[m]) / 'metrics.jsonl'}")
                 take[m] = tracker.update(epoch, row, alphas)
+                if tracker.stopped:
+                    task.stop_member(m)
             best_params = task.select(task.params, best_params, take)
             heartbeat()
             if len(configs) == 1:

@@ -82,3 +82,48 @@ def test_alpha_grid_members_equal_sequential_runs(tmp_path, capsys):
         again = train_and_evaluate(Config.from_dict(single), tmp_path / f"fresh_{alpha}_{seed}")
         for key in COMPARED:
             assert member[key] == pytest.approx(again[key], abs=1e-6), (alpha, seed, key)
+
+
+@pytest.mark.slow
+def test_vmapped_step_members_equal_sequential_runs(tmp_path):
+    """trainer.grid_step=vmap (all members in one batched step; the default on accelerators) gives
+    what the loop step (the default on one CPU) and the sequential runs give."""
+    raw = {**RAW, "trainer": {**RAW["trainer"], "grid_step": "vmap"}}
+    vmapped = train_grid(Config.from_dict(raw), tmp_path / "vmap")
+    looped = train_grid(Config.from_dict({**raw, "trainer": {**raw["trainer"], "grid_step": "loop"}}), tmp_path / "loop")
+    for a, b in zip(vmapped, looped):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+
+
+def test_loop_step_trains_and_evaluates_only_running_members():
+    import jax
+    import numpy as np
+
+    from gaflax.tasks import NodeGrid, grid_members, load_dataset
+
+    config = Config.from_dict({**RAW, "trainer": {**RAW["trainer"], "num_members": 3, "grid_step": "loop"}})
+    members = [c for _, c in grid_members(config)]
+    assert {c.trainer.grid_step for c in members} == {"auto"}  # recorded as the sequential runs
+    ds = load_dataset(config)
+    assert not NodeGrid(members, ds, grid_step="vmap").loop
+    task = NodeGrid(members, ds, grid_step="loop")
+    assert task.loop
+    before = jax.tree.map(np.asarray, task.params)
+    task.stop_member(1)
+    losses = task.train_epoch(0)
+    after = jax.tree.map(np.asarray, task.params)
+    changed = [any(not np.array_equal(a[m], b[m]) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+               for m in range(3)]
+    assert changed == [True, False, True]
+    assert np.isfinite(losses[[0, 2]]).all()
+    running = task.predict_running(task.params)
+    assert running[1] is None and running[0] is not None and running[2] is not None
+    assert all(p is not None for p in task.predict(task.params))  # the final evaluation: every member
+
+
+def test_grid_step_is_checked():
+    with pytest.raises(ValueError, match=r"trainer.grid_step='batched' must be one of \('auto', 'vmap', 'loop'\)"):
+        Config.from_dict({"trainer": {"grid_step": "batched"}})
+    with pytest.raises(ValueError, match="trainer.grid_step=loop runs one member at a time on one device"):
+        Config.from_dict({"trainer": {"grid_step": "loop", "vmap": "seeds", "num_members": 4, "devices": 2}})
