@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from gaflax import kernels
+
 __all__ = [
     "EMPTY_LOG_FILL",
     "alpha_from_p",
@@ -123,10 +125,24 @@ class _Dense(NamedTuple):
 
 
 class _Segments(NamedTuple):
-    """Reduce rows ``[E, ...]`` into ``[num_segments, ...]`` by ``segment_ids``."""
+    """Reduce rows ``[E, ...]`` into ``[num_segments, ...]`` by ``segment_ids``. ``fused``: the
+    per-channel-reference sums of the common case run as one Pallas pass (gaflax.kernels; sorted
+    ids only)."""
 
     num_segments: int
     indices_are_sorted: bool
+    fused: bool = False
+
+    def fused_sum(self, terms, rows, channels, segments, ids):
+        """``self.sum`` of ``terms(*rows, *channels, *segments)`` in one fused pass: rows
+        ``[E, ...]`` (or broadcasting), channels ``[1, ...]``, segments ``[num_segments, ...]``."""
+        shape = jnp.broadcast_shapes(*(a.shape[1:] for a in (*rows, *channels, *segments)))
+        flat = lambda a, n: jnp.broadcast_to(a, (n,) + shape).reshape(n, -1)  # noqa: E731
+        num_rows = ids.shape[0]
+        out = kernels.fused_segment_sum(
+            terms, [flat(r, num_rows) for r in rows], [flat(c, 1) for c in channels],
+            [flat(g, self.num_segments) for g in segments], ids, self.num_segments)
+        return out.reshape((self.num_segments,) + shape)
 
     def sum(self, v, ids):
         return jax.ops.segment_sum(v, ids, self.num_segments, indices_are_sorted=self.indices_are_sorted)
@@ -270,6 +286,13 @@ def _weighted_term_sum(layout, log_input, v, z, w, support, p, regular, p_safe, 
         return terms_sum(jnp.where(layout.expand(series, ids), em1, e))
 
     def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
+        if getattr(layout, "fused", False) and e_shared is None and log_ref_e.shape[0] == 1:
+            to_log = (lambda a: a) if log_input else jnp.log
+
+            def terms(v_, w_, p_, zref_):  # zeros with p < 0 give inf, as below
+                return jnp.where(w_ > 0, w_ * jnp.exp(p_ * (to_log(v_) - zref_)), 0)
+
+            return layout.fused_sum(terms, (v, w), (p_safe, log_ref_e), (), ids)
         return terms_sum(jnp.exp(p_safe * (logs() - log_ref_e)) if e_shared is None else e_shared)
 
     # lax.cond runs one branch: the plain one skips the Taylor terms and selects, which cost as
@@ -316,7 +339,8 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Grou
 
     log_ref_e = layout.expand(ref.log, ids)
     series = use_log1p | (p == 0)
-    e_shared = None if z is None else jnp.exp(p_safe * (z - log_ref_e))
+    # The JVP shares the exp terms with its coefficients; a fused sum recomputes them instead.
+    e_shared = None if z is None or getattr(layout, "fused", False) else jnp.exp(p_safe * (z - log_ref_e))
     total = _weighted_term_sum(
         layout, log_input, v, z, w, support, p, regular, p_safe, ids, log_ref_e, use_log1p, series, e_shared
     )
@@ -574,11 +598,26 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
         # double-where idiom needs.
         # d = (z - zref) - (L - zref): the reference element's d is then exactly -offset, where
         # z - L would cancel (float32, alpha = 1 - 1e-6: 8 % off in d/dalpha).
-        d = jnp.clip((z - zref_e) - expand(st.log_offset), -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
-        t = jnp.clip(jnp.where(regular, p_safe * d, 0), -_EXPONENT_CLIP, _EXPONENT_CLIP)
-        et = e_capped / expand(st.term_mean)  # e^t, for regular p
-        kl_p2 = _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0))
-        kl_over_p2 = jnp.where(st.ok, layout.sum(w * kl_p2, ids) / st.total_weight, 0)
+        def xla_sum():
+            d = jnp.clip((z - zref_e) - expand(st.log_offset), -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
+            t = jnp.clip(jnp.where(regular, p_safe * d, 0), -_EXPONENT_CLIP, _EXPONENT_CLIP)
+            et = e_capped / expand(st.term_mean)  # e^t, for regular p
+            return layout.sum(w * _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0)), ids)
+
+        def fused_sum():  # every p regular, per-channel reference: the same terms in one pass
+            def terms(z_, w_, p_, zref_, offset_, term_mean_):
+                d = jnp.clip((z_ - zref_) - offset_, -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
+                t = jnp.clip(p_ * d, -_EXPONENT_CLIP, _EXPONENT_CLIP)
+                et = jnp.minimum(jnp.exp(p_ * (z_ - zref_)), 1) / term_mean_
+                return w_ * _kl_over_p2_terms(d, t, et, p_, True)
+
+            return layout.fused_sum(terms, (z, w), (p_safe, zref_e), (st.log_offset, st.term_mean), ids)
+
+        if getattr(layout, "fused", False) and jnp.shape(zref_e)[0] == 1:
+            total = jax.lax.cond(jnp.all(regular), fused_sum, xla_sum)
+        else:
+            total = xla_sum()
+        kl_over_p2 = jnp.where(st.ok, total / st.total_weight, 0)
     return c_v, g_w, kl_over_p2
 
 
@@ -724,7 +763,14 @@ def log_ga(z, p=None, *, alpha=None, axis=-1, weights=None, where=None, keepdims
     return _dense("log_ga", True, z, p, alpha, axis, weights, where, keepdims)
 
 
-def _segment(name, log_input, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted):
+KERNELS = (None, "xla", "pallas")
+
+
+def _segment(name, log_input, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted, kernel):
+    if kernel not in KERNELS:
+        raise ValueError(f"{name}: kernel={kernel!r} must be one of {KERNELS}.")
+    if kernel == "pallas" and not indices_are_sorted:
+        raise ValueError(f"{name}: kernel='pallas' needs segment_ids sorted (indices_are_sorted=True).")
     data = jnp.asarray(data)
     if data.ndim < 1:
         raise ValueError(f"{name}: data must have a leading edge axis, got a scalar.")
@@ -753,12 +799,14 @@ def _segment(name, log_input, data, segment_ids, num_segments, p, alpha, weights
     except ValueError:
         raise ValueError(f"{name}: weights with shape {w.shape} do not broadcast against data {v.shape}.") from None
     exponent, by_alpha = _exponent(name, p, alpha, v.shape[1:], dtype)
-    layout = _Segments(int(num_segments), bool(indices_are_sorted))
+    fused = kernel == "pallas" or (kernel is None and bool(indices_are_sorted) and kernels.kernel_available())
+    layout = _Segments(int(num_segments), bool(indices_are_sorted), fused)
     out = _compiled_mean(layout, log_input, by_alpha, v, w, exponent[None], segment_ids)
     return out.astype(out_dtype)
 
 
-def segment_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False):
+def segment_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False,
+               kernel=None):
     """Power mean of the rows of ``data`` in each segment, like ``jax.ops.segment_sum``.
 
     Args:
@@ -769,16 +817,22 @@ def segment_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=N
       weights: ``[E]`` or ``[E, ...]`` non-negative (trailing singleton dims are appended, so
         ``[E, H]`` attention weights work for ``[E, H, C]`` data); normalised per segment.
       indices_are_sorted: whether ``segment_ids`` is sorted (faster).
+      kernel: how the common case's sums run: "pallas" (one fused pass, ``gaflax.kernels``; needs
+        sorted ids; interpreted off GPUs, for tests), "xla", or None: pallas on a GPU when the ids
+        are sorted, else xla. Both give the same values and gradients.
 
     Returns:
       ``[N, ...]``. An empty segment gives 0 with zero gradient.
     """
-    return _segment("segment_ga", False, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted)
+    return _segment("segment_ga", False, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted,
+                    kernel)
 
 
-def segment_log_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False):
+def segment_log_ga(data, segment_ids, num_segments, p=None, *, alpha=None, weights=None, indices_are_sorted=False,
+                   kernel=None):
     """Log-domain :func:`segment_ga`: ``(1/p) log(sum wbar exp(p z))`` per segment, any real z.
 
     An empty segment gives :data:`EMPTY_LOG_FILL` (0.0) with zero gradient.
     """
-    return _segment("segment_log_ga", True, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted)
+    return _segment("segment_log_ga", True, data, segment_ids, num_segments, p, alpha, weights, indices_are_sorted,
+                    kernel)

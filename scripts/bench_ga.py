@@ -17,6 +17,8 @@ for
   * ``naive_pmean``            -- (segment_sum(x^p) / count)^(1/p) with p learned, plain autodiff;
   * ``segment_ga (x)``         -- gradient w.r.t. the data only (fixed alpha);
   * ``segment_ga (x, alpha)``  -- gradient w.r.t. data and a learned per-channel alpha;
+  * the two ``segment_ga`` cases with ``[pallas]``: the fused kernel (gaflax.kernels), with
+    --kernel on, or by default on a GPU (the others pass kernel="xla");
   * ``pyg_powermean``          -- torch_geometric's PowerMeanAggregation(learn=True), if installed.
 It prints a table of median ms and effective GB/s (bytes of data in + out / time) and writes JSON.
 
@@ -49,6 +51,7 @@ SHAPES = {
     "cora": (84_448, 64, 2_708),
     "1M": (1_000_000, 64, 100_000),
     "4M": (4_000_000, 32, 200_000),
+    "4Mx64": (4_000_000, 64, 200_000),  # issue #20's GPU goal: segment_ga fwd+bwd <= 1.5x segment_sum
 }
 
 
@@ -73,7 +76,7 @@ def _interleaved_medians_ms(fns, repeats, min_seconds=2.0):
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}, rounds
 
 
-def jax_cases(x, ids, n, ct):
+def jax_cases(x, ids, n, ct, kernel=False):
     """Each case is jitted with ``ids`` as an argument (as in a training step), never a constant."""
     f = x.shape[1]
     alpha = jnp.full((f,), 0.3, x.dtype)
@@ -93,7 +96,10 @@ def jax_cases(x, ids, n, ct):
         return mean ** (1 / p[None])
 
     def ga(x, a, ids):
-        return gaflax.segment_ga(x, ids, n, alpha=a, indices_are_sorted=True)
+        return gaflax.segment_ga(x, ids, n, alpha=a, indices_are_sorted=True, kernel="xla")
+
+    def ga_fused(x, a, ids):  # gaflax.kernels: the fused Pallas sums
+        return gaflax.segment_ga(x, ids, n, alpha=a, indices_are_sorted=True, kernel="pallas")
 
     cases = {
         "segment_sum": (seg_sum, alpha, (0,)),
@@ -102,6 +108,9 @@ def jax_cases(x, ids, n, ct):
         "segment_ga (x)": (ga, alpha, (0,)),
         "segment_ga (x, alpha)": (ga, alpha, (0, 1)),
     }
+    if kernel:
+        cases["segment_ga (x) [pallas]"] = (ga_fused, alpha, (0,))
+        cases["segment_ga (x, alpha) [pallas]"] = (ga_fused, alpha, (0, 1))
     out = {}
     for name, (fn, expo, argnums) in cases.items():
         fwd = jax.jit(fn)
@@ -145,8 +154,14 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-pyg", action="store_true", help="skip PyTorch Geometric even if installed")
+    parser.add_argument("--kernel", choices=["auto", "on", "off"], default="auto",
+                        help="also time segment_ga with the fused Pallas kernel (auto: on a GPU; on a CPU it "
+                             "only runs interpreted, far slower)")
     parser.add_argument("--out", default="results/bench_ga.json")
     args = parser.parse_args()
+    from gaflax.kernels import kernel_available
+
+    kernel = args.kernel == "on" or (args.kernel == "auto" and kernel_available())
 
     rows = []
     pyg_version = None
@@ -157,7 +172,7 @@ def main():
         x_np = rng.uniform(0.05, 5.0, (e, f)).astype(np.float32)
         ct_np = rng.normal(size=(n, f)).astype(np.float32)
         x, ids, ct = jnp.asarray(x_np), jnp.asarray(ids_np), jnp.asarray(ct_np)
-        cases = jax_cases(x, ids, n, ct)
+        cases = jax_cases(x, ids, n, ct, kernel)
         if not args.no_pyg:
             extra, pyg_version = pyg_cases(x_np, ids_np, n, ct_np)
             cases.update(extra)

@@ -3,7 +3,8 @@
 #   scripts/device_check.sh OUT_DIR [cuda12|cuda13]
 # It installs the accelerator extra into .venv-gpu (skipped when that venv already has a GPU jax),
 # records the devices, runs the tests that exercise devices, bfloat16 and remat, benchmarks
-# segment_ga against segment_sum (bench_ga), the vmapped Cora grid against sequential runs
+# segment_ga with and without the fused Pallas kernel against segment_sum (bench_ga; the kernel's
+# tests run first, compiled this time), the vmapped Cora grid against sequential runs
 # (bench_grid), and one GAT reproduction run on Cora with its seconds per epoch. Every step writes
 # its JSON (or log) into OUT_DIR and has its own time limit, so one slow step cannot take the rest.
 # Data: $GAFLAX_DATA, else ../shared/data.
@@ -36,7 +37,8 @@ cp "$OUT/devices.log" "$OUT/devices.json"
 # The device tests force 4 host CPU devices in their subprocesses; bfloat16 and remat run on the GPU.
 step tests 120 "$PY" -m pytest -q -p no:cacheprovider -n 0 tests/test_devices.py tests/test_backbones.py \
   -k "device or bfloat16 or remat or padding" --junitxml="$OUT/tests.xml"
-step bench_ga 90 "$PY" scripts/bench_ga.py --shapes cora 1M 4M --repeats 5 --no-pyg --out "$OUT/bench_ga.json"
+step kernel_tests 90 "$PY" -m pytest -q -p no:cacheprovider -n 0 tests/test_kernels.py --junitxml="$OUT/kernel_tests.xml"
+step bench_ga 120 "$PY" scripts/bench_ga.py --shapes cora 1M 4Mx64 --repeats 5 --no-pyg --kernel on --out "$OUT/bench_ga.json"
 step bench_grid 150 "$PY" scripts/bench_grid.py --members 10 --max-epochs 300 --out "$OUT/bench_grid.json"
 step reproduce_gat 60 "$PY" scripts/reproduce_gat.py --datasets cora --variants "GAT (weighted_sum)" --seeds 1 \
   --out "$OUT/reproduce_gat"
