@@ -154,6 +154,12 @@ def test_bench_ga_cases_compute_the_same_means():
     for name, (_, fwd_bwd) in cases.items():
         value, grads = fwd_bwd()
         assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)), name
+    # --kernel on: the fused Pallas cases (interpreted here) give the XLA cases' values and gradients.
+    fused = bench.jax_cases(x, ids, n, ct, kernel=True)
+    for name in ("segment_ga (x)", "segment_ga (x, alpha)"):
+        np.testing.assert_allclose(fused[f"{name} [pallas]"][0](), fwd[name], rtol=1e-6)
+        for got, want in zip(jax.tree.leaves(fused[f"{name} [pallas]"][1]()), jax.tree.leaves(cases[name][1]())):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_bench_aggregators_times_every_registered_operator():
@@ -211,6 +217,7 @@ def test_device_check_script_is_ready_to_run():
                                capture_output=True, text=True, cwd=ROOT).stdout
     assert re.search(r"(\d+)/\d+ tests collected|(\d+) tests collected", collected), collected[-500:]
     assert "test_data_parallel_graph_batches_equal_one_device" in collected and "bfloat16" in collected
+    assert "tests/test_kernels.py" in text and "--kernel on" in text  # the fused kernel, compiled on the GPU
 
 
 def test_bench_big_graph_trains_and_reports_a_small_case(tmp_path, capsys):
@@ -233,3 +240,30 @@ def test_bench_big_graph_trains_and_reports_a_small_case(tmp_path, capsys):
     assert row["edges"] > 2 * 400 and row["seconds_per_epoch"] > 0 and row["peak_rss_gb"] > 0.1
     assert row["xla_gb_per_device"] > 0 and len(row["losses"]) == 2 and all(np.isfinite(row["losses"]))
     assert "| 400 |" in capsys.readouterr().out
+
+
+def test_citeseer_vs_pyg_rules():
+    """The comparison's gaflax rule is gaflax's EarlyStopping; the GAT authors' rule checkpoints
+    only when validation accuracy and loss both reach their best (non-strictly)."""
+    from gaflax.evaluation import EarlyStopping
+
+    script = _script("citeseer_vs_pyg")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = 60
+        history = {"val_acc": list(np.round(rng.random(n), 1)), "val_loss": list(rng.random(n))}
+        stopping = EarlyStopping(patience=5)
+        for epoch in range(n):
+            stopping.update(epoch, {"val/loss": history["val_loss"][epoch], "val/accuracy": history["val_acc"][epoch]},
+                            {})
+            if stopping.stopped:
+                break
+        stopped, best = script.rule_gaflax(history, 5)
+        assert (stopped, best) == (stopping.stopped, stopping.epoch)
+    # Accuracy up, loss up: gaflax's best epoch moves, the authors' checkpoint does not.
+    history = {"val_acc": [0.5, 0.6, 0.6, 0.55], "val_loss": [1.0, 1.1, 0.9, 0.95]}
+    assert script.rule_gaflax(history, 10) == (False, 2)
+    assert script.rule_gat_paper(history, 10) == (False, 2)
+    history = {"val_acc": [0.5, 0.6, 0.55, 0.55], "val_loss": [1.0, 1.1, 1.2, 1.3]}
+    assert script.rule_gaflax(history, 2) == (True, 1)
+    assert script.rule_gat_paper(history, 2) == (True, 0)
