@@ -137,7 +137,8 @@ class _Segments(NamedTuple):
         """``self.sum`` of ``terms(*rows, *channels, *segments)`` in one fused pass: rows
         ``[E, ...]`` (or broadcasting), channels ``[1, ...]``, segments ``[num_segments, ...]``."""
         shape = jnp.broadcast_shapes(*(a.shape[1:] for a in (*rows, *channels, *segments)))
-        flat = lambda a, n: jnp.broadcast_to(a, (n,) + shape).reshape(n, -1)  # noqa: E731
+        width = math.prod(shape)
+        flat = lambda a, n: jnp.broadcast_to(a, (n,) + shape).reshape(n, width)  # noqa: E731
         num_rows = ids.shape[0]
         out = kernels.fused_segment_sum(
             terms, [flat(r, num_rows) for r in rows], [flat(c, 1) for c in channels],

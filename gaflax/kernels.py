@@ -71,6 +71,8 @@ def fused_segment_sum(terms, rows, channels, segments, segment_ids, num_segments
         raise ValueError(f"fused_segment_sum: rows must be [E, C], channels [1, C] and segments [S, C] with "
                          f"S = {num_segments}, got {[r.shape for r in rows]}, {[c.shape for c in channels]} and "
                          f"{[g.shape for g in segments]}")
+    if num_edges == 0 or num_segments == 0 or width == 0:  # no rows (or nothing to write): every sum is 0
+        return jnp.zeros((num_segments, width), rows[0].dtype)
     # Triton blocks are powers of two wide: pad the channels (padded columns are sliced off).
     padded = pl.next_power_of_2(max(width, 1))
     pad = ((0, 0), (0, padded - width))
