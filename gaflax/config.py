@@ -69,10 +69,13 @@ class GATConfig(ModelConfig):
     aggregate_first: bool = False  # true: x -> aggregate -> project (the GA acts on the features)
     dropout: float = 0.6
     attention_dropout: float = 0.6
+    # Dropout of the projected node features before they are aggregated (after the attention
+    # logits are computed from them): the GAT authors' code applies 0.6 there; PyG's GATConv none.
+    message_dropout: float = 0.0
     add_self_loops: bool = True
     mlp: tuple = (64,)  # graph classification: hidden widths after the readout
     integer_fields: ClassVar = ("hidden", "heads", "out_heads", "num_layers")
-    rate_fields: ClassVar = ("dropout", "attention_dropout")
+    rate_fields: ClassVar = ("dropout", "attention_dropout", "message_dropout")
 
 
 @dataclasses.dataclass

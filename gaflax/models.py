@@ -238,6 +238,8 @@ class LayerOptions:
     # first makes the exponent act on the features themselves, so a synthetic target built as a
     # GA of one feature is exactly representable.
     aggregate_first: bool = False
+    # Dropout of the projected features h before aggregation (the GAT authors' code: 0.6).
+    message_dropout: float = 0.0
     message_dtype: str = "float32"  # trainer.dtype: the per-edge messages' storage (see aggregate_neighbours)
 
 
@@ -264,7 +266,7 @@ class GATLayer(nn.Module):
         senders, receivers = graph.senders, graph.receivers
         if not o.attention:
             h = Projection(H * C, use_bias=False, name="proj")(x).reshape(n, H, C)
-            messages = gather_messages(h, senders, o.message_dtype)
+            messages = gather_messages(self._drop_messages(h, deterministic), senders, o.message_dtype)
             logits = jnp.zeros((len(receivers), H), x.dtype)  # equal logits: the softmax gives 1 / in-degree
         elif o.v2:
             h_src = Projection(H * C, name="proj_src")(x).reshape(n, H, C)
@@ -272,7 +274,7 @@ class GATLayer(nn.Module):
             att = self.param("att", glorot, (1, H, C))
             z = nn.leaky_relu(h_src[senders] + h_dst[receivers], o.negative_slope)
             logits = jnp.sum(z * att, axis=-1)  # [E, H]
-            messages = gather_messages(h_src, senders, o.message_dtype)
+            messages = gather_messages(self._drop_messages(h_src, deterministic), senders, o.message_dtype)
         else:
             h = Projection(H * C, use_bias=False, name="proj")(x).reshape(n, H, C)
             att_src = self.param("att_src", glorot, (1, H, C))
@@ -280,7 +282,7 @@ class GATLayer(nn.Module):
             score_src = jnp.sum(h * att_src, axis=-1)  # [N, H]
             score_dst = jnp.sum(h * att_dst, axis=-1)
             logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], o.negative_slope)
-            messages = gather_messages(h, senders, o.message_dtype)
+            messages = gather_messages(self._drop_messages(h, deterministic), senders, o.message_dtype)
         attention = jraph.segment_softmax(logits, receivers, n)  # [E, H], sums to 1 per receiver
         attention = Dropout(o.attention_dropout)(attention, deterministic=deterministic)
 
@@ -295,6 +297,11 @@ class GATLayer(nn.Module):
         out = out.reshape(n, H * C) if self.concat else out.mean(axis=1)
         bias = self.param("bias", nn.initializers.zeros, (out.shape[-1],))
         return out + bias[None]
+
+    def _drop_messages(self, h, deterministic):
+        """``h`` [N, H, C] with ``options.message_dropout``: one mask per node, head and channel,
+        drawn after the attention logits used ``h`` (as ``attn_head`` in the GAT authors' code)."""
+        return Dropout(self.options.message_dropout, name="message_dropout")(h, deterministic=deterministic)
 
 
 def add_self_loops(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
@@ -319,6 +326,8 @@ class _BackboneLayer(nn.Module):
     features: int
     aggregate: Callable = pooling.weighted_sum
     exponent: ExponentSpec | None = None
+    # Dropout of the projected features h before aggregation (the GAT authors' code: 0.6).
+    message_dropout: float = 0.0
     message_dtype: str = "float32"  # trainer.dtype (gather_messages)
 
 
@@ -634,7 +643,7 @@ def layer_options(config: Config, data_stats: dict | None = None) -> LayerOption
     m = config.model
     aggregate, exponent = neighbourhood_aggregator(config, data_stats)
     return LayerOptions(aggregate=aggregate, exponent=exponent, v2=m.v2, dropout=m.dropout,
-                        message_dtype=config.trainer.dtype,
+                        message_dropout=m.message_dropout, message_dtype=config.trainer.dtype,
                         attention_dropout=m.attention_dropout, attention=m.attention,
                         aggregate_first=m.aggregate_first)
 

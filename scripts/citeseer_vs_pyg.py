@@ -155,6 +155,9 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["citeseer"], choices=sorted(PYG_COUNTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--frameworks", nargs="+", default=["gaflax", "pyg"], choices=["gaflax", "pyg"])
+    parser.add_argument("--gaflax-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of the gaflax runs, one difference at a time, e.g. "
+                             "model.message_dropout=0.6 or dataset.normalize_features=false")
     parser.add_argument("--patience", type=int, default=100)
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--out", default="results/citeseer_vs_pyg.json")
@@ -163,10 +166,29 @@ def main():
     def stop(history):  # train on until every rule has stopped
         return all(rule(history, args.patience)[0] for rule in RULES.values())
 
+    overrides = {}
+    for item in args.gaflax_set:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+        try:
+            node[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            node[leaf] = value
+    gaflax_label = "gaflax" + (f" [{' '.join(args.gaflax_set)}]" if args.gaflax_set else "")
+
+    def merged(base, extra):
+        return {k: merged(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()} | {
+            k: v for k, v in base.items() if k not in extra}
+
     runs = []
     for name in args.datasets:
         config = Config.from_dict({"dataset": {"name": name, "root": args.root}, "trainer": {"progress": False}})
         ds = load_dataset(config)
+        gaflax_config = Config.from_dict(merged(config.to_dict(), overrides))
+        ds_gaflax = ds if gaflax_config.dataset == config.dataset else load_dataset(gaflax_config)
         counts = (ds.graph.nodes.shape[0], len(ds.graph.senders), ds.graph.nodes.shape[1], ds.num_classes)
         if counts != PYG_COUNTS[name]:
             raise SystemExit(f"{name}: (nodes, edges, features, classes) = {counts}, PyG documents {PYG_COUNTS[name]}")
@@ -174,17 +196,18 @@ def main():
             for framework in args.frameworks:
                 start = time.perf_counter()
                 if framework == "gaflax":
-                    history = gaflax_history(Config.from_dict({**config.to_dict(), "seed": seed}), ds,
-                                             args.max_epochs, stop)
+                    history = gaflax_history(Config.from_dict({**gaflax_config.to_dict(), "seed": seed}),
+                                             ds_gaflax, args.max_epochs, stop)
                 else:
                     history = pyg_history(ds, seed, args.max_epochs, stop)
-                run = {"dataset": name, "framework": framework, "seed": seed, "epochs": len(history["val_acc"]),
+                label = gaflax_label if framework == "gaflax" else "pyg"
+                run = {"dataset": name, "framework": label, "seed": seed, "epochs": len(history["val_acc"]),
                        "seconds": time.perf_counter() - start, "history": history}
                 for rule_name, rule in RULES.items():
                     _, epoch = rule(history, args.patience)
                     run[rule_name] = {"epoch": epoch, "test_acc": history["test_acc"][epoch]}
                 runs.append(run)
-                print(f"{name} seed {seed} {framework}: " + ", ".join(
+                print(f"{name} seed {seed} {label}: " + ", ".join(
                     f"{r} {100 * run[r]['test_acc']:.1f} (epoch {run[r]['epoch']})" for r in RULES)
                     + f"; {run['epochs']} epochs, {run['seconds']:.0f} s", flush=True)
 
@@ -192,7 +215,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     summary = []
     for name in args.datasets:
-        for framework in args.frameworks:
+        for framework in [gaflax_label if f == "gaflax" else f for f in args.frameworks]:
             rows = [r for r in runs if r["dataset"] == name and r["framework"] == framework]
             cells = {rule: 100 * np.array([r[rule]["test_acc"] for r in rows]) for rule in RULES}
             summary.append({"dataset": name, "framework": framework, "seeds": [r["seed"] for r in rows],

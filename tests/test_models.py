@@ -345,3 +345,22 @@ def test_progress_into_a_log_is_a_few_lines_not_one_per_epoch(tmp_path, capsys):
     updates = err.count("\r") + err.count("\n")
     assert "synthetic_node" in err or "synthetic" in err
     assert updates <= 4, err[-2000:]
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_message_dropout_drops_projected_features_in_training_only(key, v2):
+    """model.message_dropout (the GAT authors' dropout of the projected features): 0 changes
+    nothing; a rate changes training outputs, never evaluation, and is checked like other rates."""
+    graph = small_graph(key)
+    plain, dropped = GATLayer(4, heads=3, options=opts(v2=v2)), GATLayer(4, heads=3, options=opts(v2=v2, message_dropout=0.5))
+    params = plain.init(key, graph, deterministic=True)
+    assert jax.tree.structure(params) == jax.tree.structure(dropped.init(key, graph, deterministic=True))
+    rngs = {"dropout": jax.random.key(1)}
+    np.testing.assert_array_equal(dropped.apply(params, graph, deterministic=True),
+                                  plain.apply(params, graph, deterministic=True))
+    train = {k: layer.apply(params, graph, deterministic=False, rngs=rngs) for k, layer in (("plain", plain), ("dropped", dropped))}
+    assert not np.allclose(train["plain"], train["dropped"])
+    zero = GATLayer(4, heads=3, options=opts(v2=v2, message_dropout=0.0))
+    np.testing.assert_array_equal(zero.apply(params, graph, deterministic=False, rngs=rngs), train["plain"])
+    with pytest.raises(ValueError, match=r"model.message_dropout=1.0 must lie in \[0, 1\)"):
+        synthetic_config(model={"message_dropout": 1.0})
