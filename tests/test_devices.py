@@ -139,7 +139,7 @@ def test_data_parallel_graph_batches_equal_one_device():
         "gin_bn_ga": {"dataset": data, "model": {"name": "gin", "hidden": 8, "batch_norm": True, "dropout": 0.0},
                       "readout": {"name": "ga", "learn": True}, "trainer": trainer, "devices": 4},
         "gat_sum": {"dataset": data, "model": {"name": "gat", "hidden": 4, "heads": 2, "dropout": 0.0,
-                                               "attention_dropout": 0.0},
+                                               "attention_dropout": 0.0, "message_dropout": 0.0},
                     "pool": {"name": "ga", "learn": True}, "readout": {"name": "sum"}, "trainer": trainer,
                     "devices": 3},
     }

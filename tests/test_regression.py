@@ -13,7 +13,8 @@ from gaflax.train import train_and_evaluate, train_grid
 RAW = {"dataset": {"name": "synthetic", "normalize_features": False,
                    "options": {"task": "regression", "num_nodes": 1000, "alpha": -0.5}},
        "model": {"num_layers": 1, "heads": 1, "out_heads": 1, "attention": False, "aggregate_first": True,
-                 "add_self_loops": False, "dropout": 0.0, "attention_dropout": 0.0},
+                 "add_self_loops": False, "dropout": 0.0, "attention_dropout": 0.0,
+                 "message_dropout": 0.0},
        "pool": {"name": "ga", "alpha": 0.5, "learn": True, "positive": "relu_eps"},
        "loss": {"name": "mse"}, "optimizer": {"lr": 0.02, "weight_decay": 0.0},
        "trainer": {"max_epochs": 1500, "patience": 300, "monitor": "loss", "progress": False}}
