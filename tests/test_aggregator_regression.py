@@ -178,3 +178,9 @@ def test_preset_debug_fast_runs_one_cell(tmp_path):
         results = train_one(compose(config_name="config", overrides=overrides), tmp_path)["members"]
     assert len(results) == 5 and all(np.isfinite(r["test/mse"]) for r in results)
     assert all(r["epochs"] == 5 for r in results)  # debug=fast's epochs win over the preset's
+
+
+def test_the_regression_grid_refuses_the_loop_step(tmp_path):
+    """Its steps are tiny, so the aggregator-regression grid always vmaps: grid_step=loop is an error."""
+    with pytest.raises(ValueError, match="trainer.grid_step=loop: the aggregator-regression grid always vmaps"):
+        train_grid(_config("powermean", vmap="seeds", num_members=2, grid_step="loop"), tmp_path)
