@@ -138,7 +138,12 @@ class _Segments(NamedTuple):
         ``[E, ...]`` (or broadcasting), channels ``[1, ...]``, segments ``[num_segments, ...]``."""
         shape = jnp.broadcast_shapes(*(a.shape[1:] for a in (*rows, *channels, *segments)))
         width = math.prod(shape)
-        flat = lambda a, n: jnp.broadcast_to(a, (n,) + shape).reshape(n, width)  # noqa: E731
+
+        def flat(a, n):  # [n, width], or [n, 1] for one value per row (broadcast in the kernel)
+            if math.prod(a.shape[1:]) == 1:
+                return jnp.broadcast_to(a.reshape(a.shape[0], 1), (n, 1))
+            return jnp.broadcast_to(a, (n,) + shape).reshape(n, width)
+
         num_rows = ids.shape[0]
         out = kernels.fused_segment_sum(
             terms, [flat(r, num_rows) for r in rows], [flat(c, 1) for c in channels],

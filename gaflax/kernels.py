@@ -51,10 +51,10 @@ def fused_segment_sum(terms, rows, channels, segments, segment_ids, num_segments
     """Per segment and channel, the sum of ``terms`` over the segment's rows (see the module doc).
 
     Args:
-      terms: a function of ``len(rows) + len(channels)`` arrays of shape ``[1, C]`` returning ``[1, C]``.
-      rows: ``[E, C]`` arrays (one value per row and channel).
-      channels: ``[1, C]`` arrays (one value per channel).
-      segments: ``[S, C]`` arrays (one value per segment and channel: group statistics).
+      terms: a function of the ``[1, C]`` (or ``[1, 1]``) values of each input, returning ``[1, C]``.
+      rows: ``[E, C]`` arrays (one value per row and channel), or ``[E, 1]`` (per row).
+      channels: ``[1, C]`` arrays (one value per channel), or ``[1, 1]``.
+      segments: ``[S, C]`` arrays (one value per segment and channel: group statistics), or ``[S, 1]``.
       segment_ids: ``[E]`` integers, sorted; rows outside [0, num_segments) are dropped.
       num_segments: static S.
       interpret: Pallas interpret mode; None: interpret unless on a GPU.
@@ -65,20 +65,29 @@ def fused_segment_sum(terms, rows, channels, segments, segment_ids, num_segments
     if interpret is None:
         interpret = not kernel_available()
     rows, channels, segments = ([jnp.asarray(a) for a in arrays] for arrays in (rows, channels, segments))
-    num_edges, width = rows[0].shape
-    if (any(r.shape != (num_edges, width) for r in rows) or any(c.shape != (1, width) for c in channels)
-            or any(g.shape != (num_segments, width) for g in segments)):
-        raise ValueError(f"fused_segment_sum: rows must be [E, C], channels [1, C] and segments [S, C] with "
-                         f"S = {num_segments}, got {[r.shape for r in rows]}, {[c.shape for c in channels]} and "
-                         f"{[g.shape for g in segments]}")
+    if any(a.ndim != 2 for a in (*rows, *channels, *segments)):
+        raise ValueError(f"fused_segment_sum: every input must be 2-D, got {[a.shape for a in (*rows, *channels, *segments)]}")
+    num_edges = rows[0].shape[0]
+    width = max(a.shape[1] for a in (*rows, *channels, *segments))
+    if (any(r.shape not in ((num_edges, width), (num_edges, 1)) for r in rows)
+            or any(c.shape not in ((1, width), (1, 1)) for c in channels)
+            or any(g.shape not in ((num_segments, width), (num_segments, 1)) for g in segments)):
+        raise ValueError(f"fused_segment_sum: rows must be [E, C], channels [1, C] and segments [S, C] (C or 1 wide) "
+                         f"with S = {num_segments}, got {[r.shape for r in rows]}, {[c.shape for c in channels]} "
+                         f"and {[g.shape for g in segments]}")
     if num_edges == 0 or num_segments == 0 or width == 0:  # no rows (or nothing to write): every sum is 0
         return jnp.zeros((num_segments, width), rows[0].dtype)
-    # Triton blocks are powers of two wide: pad the channels (padded columns are sliced off).
-    padded = pl.next_power_of_2(max(width, 1))
-    pad = ((0, 0), (0, padded - width))
-    rows = [jnp.pad(r, pad) for r in rows]
-    channels = [jnp.pad(c, pad, constant_values=1) for c in channels]
-    segments = [jnp.pad(g, pad, constant_values=1) for g in segments]
+    # Triton blocks are powers of two wide: pad the channels (padded columns are sliced off). Arrays
+    # one value wide (a weight per row, an exponent for all channels) broadcast inside the kernel,
+    # so they are never materialised at the full width.
+    padded = pl.next_power_of_2(width)
+
+    def pad(a, value):
+        return a if a.shape[1] == 1 else jnp.pad(a, ((0, 0), (0, padded - width)), constant_values=value)
+
+    rows = [pad(r, 0) for r in rows]
+    channels = [pad(c, 1) for c in channels]
+    segments = [pad(g, 1) for g in segments]
     # Row range of each segment: [offsets[s], offsets[s + 1]).
     offsets = jnp.searchsorted(segment_ids, jnp.arange(num_segments + 1, dtype=segment_ids.dtype),
                                side="left").astype(jnp.int32)

@@ -38,8 +38,14 @@ def test_fused_segment_sum_equals_a_segment_sum_of_the_terms():
                                * valid[:, None], ids, NUM_SEGMENTS)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert np.all(np.asarray(got[4]) == 0)  # empty segment
-    with pytest.raises(ValueError, match=r"rows must be \[E, C\], channels \[1, C\] and segments \[S, C\]"):
+    # One value per row ([E, 1]) broadcasts over the channels inside the kernel.
+    narrow = fused_segment_sum(terms, [x, w[:, None]], [scale], [per_segment], ids, NUM_SEGMENTS, interpret=True)
+    np.testing.assert_allclose(narrow, want, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"every input must be 2-D"):
         fused_segment_sum(terms, [x, w], [scale], [per_segment], ids, NUM_SEGMENTS, interpret=True)
+    with pytest.raises(ValueError, match=r"rows must be \[E, C\], channels \[1, C\] and segments \[S, C\]"):
+        fused_segment_sum(terms, [x, w[:, None, None][:, :, 0].repeat(2, 1)], [scale], [per_segment], ids,
+                          NUM_SEGMENTS, interpret=True)
 
 
 def _loss(fn, kernel, x, w, alpha, ids):
