@@ -23,6 +23,7 @@ import numpy as np
 
 from gaflax import data
 from gaflax.config import Config
+from gaflax.evaluation import EarlyStopping
 from gaflax.train import train_and_evaluate
 
 
@@ -63,7 +64,7 @@ def run_pyg(root, seed):
 
     model = Net()
     opt = torch.optim.Adam(model.parameters(), lr=0.005, weight_decay=5e-4)
-    best_acc, best_loss, best_test, since, times = -1.0, float("inf"), 0.0, 0, []
+    stopping, best_test, times = EarlyStopping(patience=100), 0.0, []  # gaflax's rule, the GAT paper's
     start = time.perf_counter()
     for epoch in range(1000):
         t0 = time.perf_counter()
@@ -80,14 +81,10 @@ def run_pyg(root, seed):
             val_acc = float((pred[val] == y[val]).float().mean())
             test_acc = float((pred[test] == y[test]).float().mean())
         times.append(time.perf_counter() - t0)
-        if val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
+        if stopping.update(epoch, {"val/loss": val_loss, "val/accuracy": val_acc}, {}):
             best_test = test_acc
-        if val_acc > best_acc or val_loss < best_loss:
-            best_acc, best_loss, since = max(val_acc, best_acc), min(val_loss, best_loss), 0
-        else:
-            since += 1
-            if since >= 100:
-                break
+        if stopping.stopped:
+            break
     return dict(seconds_per_epoch=statistics.median(times), seconds_per_run=time.perf_counter() - start,
                 epochs=epoch + 1, test_accuracy=best_test)
 

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from gaflax.config import Config
+from gaflax.evaluation import EarlyStopping
 from gaflax.tasks import NodeTask, load_dataset
 
 # What PyG's Planetoid documents for these files (nodes, undirected edges x 2, features, classes).
@@ -117,18 +118,13 @@ def pyg_history(ds, seed: int, max_epochs: int, stop, lr=0.005, weight_decay=5e-
 
 
 def rule_gaflax(history, patience):
-    """(stopped, best epoch) of gaflax's EarlyStopping on this history."""
-    best_acc, best_loss, best_epoch, since = -np.inf, np.inf, -1, 0
+    """(stopped, best epoch) of gaflax's EarlyStopping, replayed on this history."""
+    stopping = EarlyStopping(patience)
     for epoch, (acc, loss) in enumerate(zip(history["val_acc"], history["val_loss"])):
-        if acc > best_acc or (acc == best_acc and loss < best_loss):
-            best_epoch = epoch
-        if acc > best_acc or loss < best_loss:
-            best_acc, best_loss, since = max(acc, best_acc), min(loss, best_loss), 0
-        else:
-            since += 1
-            if since >= patience:
-                return True, best_epoch
-    return False, best_epoch
+        stopping.update(epoch, {"val/loss": loss, "val/accuracy": acc}, {})
+        if stopping.stopped:
+            break
+    return stopping.stopped, stopping.epoch
 
 
 def rule_gat_paper(history, patience):
