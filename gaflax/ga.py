@@ -107,6 +107,7 @@ class _Dense(NamedTuple):
     """Reduce over ``axes`` of a dense array; groups keep the reduced axes as size 1."""
 
     axes: tuple[int, ...]
+    fused: bool = False  # (segments only: the Pallas sums)
 
     def sum(self, v, ids):
         return jnp.sum(v, self.axes, keepdims=True)
@@ -292,7 +293,7 @@ def _weighted_term_sum(layout, log_input, v, z, w, support, p, regular, p_safe, 
         return terms_sum(jnp.where(layout.expand(series, ids), em1, e))
 
     def plain():  # the common case: every p finite and non-zero, every sum in the log(S) form
-        if getattr(layout, "fused", False) and e_shared is None and log_ref_e.shape[0] == 1:
+        if layout.fused and e_shared is None and log_ref_e.shape[0] == 1:
             to_log = (lambda a: a) if log_input else jnp.log
 
             def terms(v_, w_, p_, zref_):  # zeros with p < 0 give inf, as below
@@ -346,7 +347,7 @@ def _forward(layout, log_input, v, z, w, p, ids, exact_reference=False) -> _Grou
     log_ref_e = layout.expand(ref.log, ids)
     series = use_log1p | (p == 0)
     # The JVP shares the exp terms with its coefficients; a fused sum recomputes them instead.
-    e_shared = None if z is None or getattr(layout, "fused", False) else jnp.exp(p_safe * (z - log_ref_e))
+    e_shared = None if z is None or layout.fused else jnp.exp(p_safe * (z - log_ref_e))
     total = _weighted_term_sum(
         layout, log_input, v, z, w, support, p, regular, p_safe, ids, log_ref_e, use_log1p, series, e_shared
     )
@@ -619,7 +620,7 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
 
             return layout.fused_sum(terms, (z, w), (p_safe, zref_e), (st.log_offset, st.term_mean), ids)
 
-        if getattr(layout, "fused", False) and jnp.shape(zref_e)[0] == 1:
+        if layout.fused and jnp.shape(zref_e)[0] == 1:
             total = jax.lax.cond(jnp.all(regular), fused_sum, xla_sum)
         else:
             total = xla_sum()
