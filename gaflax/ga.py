@@ -404,21 +404,25 @@ def _stats(layout, log_input, v, z, w, p, ids) -> _GroupStats:
     )
 
 
-def _kl_over_p2_terms(d, t, et, p_safe, regular):
-    """Per-element terms of KL(s || wbar) / p^2, given d = z - L, t = p d and et = e^t.
+def _kl_over_p2_terms(d, t, w, w_et, p_safe, regular):
+    """Per-element terms of W KL(s || wbar) / p^2, given d = z - L, t = p d, the weights w and
+    w_et = w e^t.
 
     With h(t) = (t - 1) e^t + 1 >= 0, KL(s || wbar) = sum_i wbar_i h(t_i). Near t = 0,
-    h(t) = t^2 P(t) with the Taylor series P; we return d^2 P(t) = h / p^2 there, which stays
-    exact as p -> 0 (it tends to d^2 / 2, giving Var(z) / 2 for the geometric mean). Elsewhere
-    e^t comes in as ``et`` = e / S, which the value already computed: no second exp.
+    h(t) = t^2 P(t) with the Taylor series P; we return w d^2 P(t) = w h / p^2 there, which stays
+    exact as p -> 0 (it tends to w d^2 / 2, giving Var(z) / 2 for the geometric mean). Elsewhere
+    w e^t comes in as ``w_et`` = w e / S, which the value already computed: no second exp. It is
+    taken with w first: w_i e_i / S = W s_i <= W, while e^t alone reaches 1 / wbar_i, which
+    overflows float32 when a tiny weight carries all of a group's mass (attention weights near
+    1e-37, the rest on zeros).
     """
     small = jnp.abs(t) < _KL_TAYLOR_RADIUS
     ts = jnp.where(small, t, 0)
     n_terms = 9 if jnp.finfo(t.dtype).bits <= 32 else len(_KL_TAYLOR)  # truncation below rounding
     poly = _horner(_KL_TAYLOR[:n_terms], ts)
     ds = jnp.where(small, d, 0)
-    h_big = (t - 1) * et + 1  # t is clipped to +-_EXPONENT_CLIP, where e^t has long underflowed
-    return jnp.where(regular, jnp.where(small, ds * ds * poly, h_big / (p_safe * p_safe)), 0)
+    w_h_big = (t - 1) * w_et + w  # t is clipped to +-_EXPONENT_CLIP, where e^t has long underflowed
+    return jnp.where(regular, jnp.where(small, w * (ds * ds * poly), w_h_big / (p_safe * p_safe)), 0)
 
 
 def _p_of(by_alpha, exponent):
@@ -577,17 +581,19 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     # much as the exp on XLA:CPU). e <= 1 for every supported element of an ok group (its
     # exponent is <= 0); the clamp only touches zeros with p < 0 (e = inf, in a group that is not
     # ok) and elements without weight, so every term below stays finite and 0 * e is 0, not NaN.
+    # w is multiplied last: w e alone can be subnormal (a weight near 1e-37), which XLA:CPU
+    # flushes to zero, while e / (W S) stays a normal number.
     e_capped = jnp.minimum(e, 1)
     c_v = g_w = kl_over_p2 = None
     if want_v:
         ws_scale = jnp.where(st.ok, 1 / (st.total_weight * st.term_mean), 0)
         if log_input:
-            c_v = w * e_capped * expand(ws_scale)
+            c_v = w * (e_capped * expand(ws_scale))
         else:
             # d M / d x_i = M s_i / x_i. At x_i = 0 it is w_i / W for p = 1 and 0 for p > 1;
             # for p < 1 it is unbounded or depends on other zeros, and we return 0 (documented).
             x_safe = jnp.where(v > 0, v, 1)
-            c_v = jnp.where(v > 0, w * e_capped * expand(ws_scale * st.mean) / x_safe, 0)
+            c_v = jnp.where(v > 0, w * (e_capped * expand(ws_scale * st.mean)) / x_safe, 0)
             at_zero = jnp.where((p == 1) & (st.ok | (st.total_weight > 0)), 1 / st.total_weight, 0)
             c_v = jnp.where(v == 0, w * expand(at_zero), c_v)
     if want_w:
@@ -608,15 +614,15 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
         def xla_sum():
             d = jnp.clip((z - zref_e) - expand(st.log_offset), -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
             t = jnp.clip(jnp.where(regular, p_safe * d, 0), -_EXPONENT_CLIP, _EXPONENT_CLIP)
-            et = e_capped / expand(st.term_mean)  # e^t, for regular p
-            return layout.sum(w * _kl_over_p2_terms(d, t, et, p_safe, regular | (p == 0)), ids)
+            w_et = w * e_capped / expand(st.term_mean)  # w e^t, for regular p
+            return layout.sum(_kl_over_p2_terms(d, t, w, w_et, p_safe, regular | (p == 0)), ids)
 
         def fused_sum():  # every p regular, per-channel reference: the same terms in one pass
             def terms(z_, w_, p_, zref_, offset_, term_mean_):
                 d = jnp.clip((z_ - zref_) - offset_, -_LOG_DIFF_CLIP, _LOG_DIFF_CLIP)
                 t = jnp.clip(p_ * d, -_EXPONENT_CLIP, _EXPONENT_CLIP)
-                et = jnp.minimum(jnp.exp(p_ * (z_ - zref_)), 1) / term_mean_
-                return w_ * _kl_over_p2_terms(d, t, et, p_, True)
+                w_et = w_ * jnp.minimum(jnp.exp(p_ * (z_ - zref_)), 1) / term_mean_
+                return _kl_over_p2_terms(d, t, w_, w_et, p_, True)
 
             return layout.fused_sum(terms, (z, w), (p_safe, zref_e), (st.log_offset, st.term_mean), ids)
 

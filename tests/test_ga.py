@@ -662,3 +662,28 @@ def test_float32_alpha_gradient_near_the_limits_matches_float64(x64, gap):
             g32, g64 = grad(z, alpha), grad(z.astype(np.float64), np.float64(alpha))
             assert g32.dtype == np.float32
             np.testing.assert_allclose(g32, g64, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tiny", [1e-20, 3.8e-37])
+@pytest.mark.parametrize("form", ["dense", "segments"])
+def test_float32_gradients_when_a_tiny_weight_carries_the_mass(x64, tiny, form):
+    """A group whose weight sits on zeros except for one tiny weight (attention weights near 1e-37,
+    found through a learned GA with GAT's message dropout): the mean is ~1e-37 and its alpha
+    gradient was inf in float32, since e^t = 1 / wbar overflowed before being multiplied by w.
+    float32 must give float64's gradients (at alphas where the mean itself is a float32 normal)."""
+    x = np.array([0.6931472, 0.0, 2.7538064], np.float32)
+    w = np.array([tiny, 2.5, tiny], np.float32)
+    if form == "dense":
+        fn = lambda x, w, a: ga(x, alpha=a, weights=w)  # noqa: E731
+    else:
+        ids = jnp.zeros(3, jnp.int32)
+        fn = lambda x, w, a: segment_ga(x[:, None], ids, 1, alpha=a, weights=w)[0, 0]  # noqa: E731
+    grad = jax.jit(jax.grad(fn, (0, 1, 2)))
+    for alpha in [0.507, 0.7, 0.9]:
+        g32 = grad(jnp.asarray(x), jnp.asarray(w), np.float32(alpha))
+        g64 = grad(jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64), np.float64(alpha))
+        for a, b, name in zip(g32, g64, ("x", "weights", "alpha")):
+            assert np.all(np.isfinite(np.asarray(a))), f"{name} at alpha={alpha}: {a}"
+            # rtol: float32 rounding times p (12.7 at alpha = 0.9); atol: terms ~1e-45 are subnormal
+            np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-3, atol=1e-6 * np.max(np.abs(b)),
+                                       err_msg=f"{name} alpha={alpha}")
