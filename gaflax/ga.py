@@ -461,9 +461,7 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
             st.exact, lambda: coefficients(layout.expand(st.log_ref, ids)), lambda: coefficients(st.log_ref_coarse)
         )
 
-    d_log = jnp.zeros_like(st.log_mean)  # tangent of L from w and the exponent
-    if wanted[1]:
-        d_log = d_log + layout.sum(g_w * dw, ids)
+    d_log = jnp.zeros_like(st.log_mean)  # tangent of L from the exponent
     if wanted[2]:
         if by_alpha:
             # d L / d alpha = (pi / 2) (1 + p^2) KL / p^2. At p = +-inf, s is wbar restricted to the
@@ -474,6 +472,8 @@ def _mean_jvp(layout, log_input, by_alpha, primals, tangents):
         else:
             d_log = d_log + kl_over_p2 * dexponent
     d_out = d_log if log_input else st.mean * d_log
+    if wanted[1]:
+        d_out = d_out + layout.sum(g_w * dw, ids)
     if wanted[0]:
         d_out = d_out + layout.sum(c_v * dv, ids)
     return (st.log_mean if log_input else st.mean), d_out.astype(v.dtype)
@@ -562,7 +562,7 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     ``zref_e`` (broadcastable to the elements):
 
       c_v  with  d out = sum c_v dv    (d M / d x_i, or d L / d z_i for log inputs),
-      g_w  with  d L = sum g_w dw      (d L / d w_i),
+      g_w  with  d out = sum g_w dw    (d M / d w_i, or d L / d w_i for log inputs),
       kl_over_p2 = KL(s || wbar) / p^2 per group (d L / d p).
 
     Entries that are not ``wanted`` are None. Zero where the mean is not ok.
@@ -599,12 +599,21 @@ def _jvp_coefficients(layout, log_input, v, z, w, p, ids, st, wanted, zref_e):
     if want_w:
         # d L / d w_i = ((x_i / M)^p - 1) / (p W), and (x_i / M)^p - 1 = e_i / S - 1 = (em1_i - U) / S.
         # In the expm1 branch em1_i and U are exact to relative eps: no cancellation as p -> 0.
+        # In the log(S) branch e_i / S - 1 is taken as written: (e_i - 1) - (S - 1) lost every
+        # digit when S << 1 (segments far below their channel's reference; float32 gave 0).
         # At p = 0 the limit is (z_i - L) / W.
-        em1 = jnp.where(expand(st.use_log1p), em1, e - 1)
-        g_reg = (em1 - expand(st.term_mean_minus_1)) / expand(st.term_mean) / p_safe
+        term_mean = expand(st.term_mean)
+        ratio_m1 = jnp.where(expand(st.use_log1p), (em1 - expand(st.term_mean_minus_1)) / term_mean, e / term_mean - 1)
+        g_reg = ratio_m1 / p_safe
         g_geo = z - expand(st.log_mean)
         g = jnp.where(p == 0, g_geo, jnp.where(finite, g_reg, 0))
-        g_w = jnp.where(jnp.isfinite(g), g, 0) * expand(jnp.where(st.ok, 1 / st.total_weight, 0))
+        # d out / d w_i: times M for x inputs, folded in before the check below. A derivative
+        # beyond the dtype's range is returned as 0: that of a weightless element far above the
+        # reference (e_i = inf), or of any element when W is near the smallest normal (float32
+        # attention weights after dropout, W ~ 1e-33 and g ~ 1e6). As inf it made NaN downstream
+        # (0 * inf in the dropout mask that had zeroed the weight).
+        g_w = g * expand(jnp.where(st.ok, (1 if log_input else st.mean) / st.total_weight, 0))
+        g_w = jnp.where(jnp.isfinite(g_w), g_w, 0)
     if want_p:
         # d L / d p = KL(s || wbar) / p^2, one sum. Terms of groups that are not ok are dropped by
         # the group-level where; the clips keep them finite (d = -inf for a zero input), as the

@@ -687,3 +687,56 @@ def test_float32_gradients_when_a_tiny_weight_carries_the_mass(x64, tiny, form):
             # rtol: float32 rounding times p (12.7 at alpha = 0.9); atol: terms ~1e-45 are subnormal
             np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-3, atol=1e-6 * np.max(np.abs(b)),
                                        err_msg=f"{name} alpha={alpha}")
+
+
+@pytest.mark.parametrize("form", ["ga", "log_ga"])
+def test_weight_gradients_finite_when_the_weights_nearly_vanish(x64, form):
+    """A segment of GAT's after dropout (found with learned log_ga + message dropout 0.6): the few
+    weights left are ~1e-33 and the dropped elements lie far above the weighted ones. d L / d w_i
+    of a dropped element (~1e47) is beyond float32; as inf it turned the dropout mask's 0 into
+    NaN. It is returned as 0, and the kept elements' gradients equal float64's."""
+    z = np.array([50.04427, 0.0, 26.286451, -5.1996613, -12.959299, 0.0], np.float32)
+    raw = np.array([0.3, 0.2, 0.1, 1.2239198e-35, 6.2184768e-33, 0.4], np.float32)  # before dropout
+    keep = raw < 1e-20  # what dropout kept
+    ids = jnp.zeros(6, jnp.int32)
+    fn = segment_log_ga if form == "log_ga" else segment_ga
+
+    def out(raw, alpha):
+        data = z if form == "log_ga" else np.exp(z.astype(raw.dtype))
+        return fn(jnp.asarray(data, raw.dtype)[:, None], ids, 1, alpha=alpha, weights=raw * keep)[0, 0]
+
+    grad = jax.jit(jax.grad(out, (0, 1)))
+    for alpha in [0.3, 0.5, 0.8]:
+        g_w, g_alpha = grad(jnp.asarray(raw), np.float32(alpha))
+        assert np.all(np.isfinite(g_w)) and np.isfinite(g_alpha), (alpha, g_w, g_alpha)
+        np.testing.assert_array_equal(np.asarray(g_w)[~keep], 0)
+        r_w, r_alpha = grad(jnp.asarray(raw, jnp.float64), np.float64(alpha))
+        np.testing.assert_allclose(g_w, r_w, rtol=1e-4)
+        np.testing.assert_allclose(g_alpha, r_alpha, rtol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [-0.7, -0.3, 0.3, 0.7])
+def test_float32_weight_gradients_of_segments_far_below_their_channel_reference(x64, alpha):
+    """segment_ga's reference is the channel's max (min for p < 0) over all rows: a segment far
+    from it has S = sum wbar e << 1, and d L / d w_i, taken as (e_i - 1) - (S - 1), lost every
+    digit (float32 gave exactly 0 for the weights of every such segment). Now within 1e-5 of
+    float64 dense GA per segment."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.5, 3.0, (9, 2)).astype(np.float32)
+    x[8] = [3e8, 1e-8]  # a segment of its own that sets both channels' references far away
+    w = rng.uniform(0.1, 2.0, 9).astype(np.float32)
+    ids = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3])
+    grad = jax.jit(jax.grad(lambda x, w: (segment_ga(x, ids, 4, alpha=alpha, weights=w) * np.arange(1, 9).reshape(4, 2)).sum(), (0, 1)))
+    g_x, g_w = grad(jnp.asarray(x), jnp.asarray(w))
+    for s in range(3):
+        m = ids == s
+        for c in range(2):
+            dense = jax.grad(lambda x, w: ga(x, alpha=np.float64(alpha), weights=w), (0, 1))
+            r_x, r_w = dense(x[m, c].astype(np.float64), w[m].astype(np.float64))
+            k = 2 * s + c + 1  # the output's cotangent
+            np.testing.assert_allclose(g_x[m, c], k * r_x, rtol=1e-5, err_msg=f"x, segment {s} channel {c}")
+            # each weight is shared by both channels
+            if c == 0:
+                r_w_both = k * r_w
+            else:
+                np.testing.assert_allclose(g_w[m], r_w_both + k * r_w, rtol=1e-5, atol=1e-7, err_msg=f"w, segment {s}")
