@@ -30,7 +30,14 @@ from gaflax.tasks import TASKS, check_fits, grid_members, load_dataset
 
 
 class NonFiniteTraining(FloatingPointError):
-    """A run's loss or learned exponents became NaN or infinite: it stops and is recorded failed."""
+    """A run's loss or learned exponents became NaN or infinite: it stops and is recorded failed.
+
+    In a grid, the other members train on and are recorded done: ``results`` holds each member's
+    results, None for the failed ones (raised once every member has stopped)."""
+
+    def __init__(self, message: str, results: list | None = None):
+        super().__init__(message)
+        self.results = results
 
 
 def train_and_evaluate(config: Config, out_dir, writers=(), journal=None, on_duplicate: str = "skip") -> dict:
@@ -94,11 +101,21 @@ def _run(configs: list[Config], out_dirs, writers, journal, on_duplicate, grid: 
             single = MODELS[members[0].model.name].task or entry.single  # (a tree ensemble has its own)
             task = (entry.grid(members, ds, devices=grid_config.trainer.devices, grid_step=grid_config.trainer.grid_step)
                     if grid else single(members[0], ds))
-            trained = fit(task, members, [out_dirs[i] for i in todo], writers, claim.heartbeat)
+            failure = None
+            try:
+                trained = fit(task, members, [out_dirs[i] for i in todo], writers, claim.heartbeat)
+            except NonFiniteTraining as error:
+                if error.results is None:
+                    raise
+                failure, trained = error, error.results
             for i, member_results in zip(todo, trained):
+                if member_results is None:  # recorded failed, with the error, as the block raises
+                    continue
                 if grid:
                     member_results["grid_members"] = len(todo)
                 results[i] = claim.finish(i, member_results)
+            if failure is not None:
+                raise failure
     return [results[i] for i in range(len(configs))]
 
 
@@ -109,7 +126,10 @@ LOG_PROGRESS_SECONDS = 10.0
 def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), heartbeat=lambda: None) -> list[dict]:
     """The epoch loop: train ``task``'s members (``configs[m]`` writes to ``out_dirs[m]``; the extra
     ``writers`` log member 0), stop each early on its validation metric, keep each member's best
-    parameters, then evaluate them once and write each run directory. Returns the results."""
+    parameters, then evaluate them once and write each run directory. Returns the results.
+
+    A member whose numbers go non-finite stops there: a single run raises ``NonFiniteTraining`` at
+    once; in a grid the others train on, and it is raised after their results are written."""
     config, installed = configs[0], rundir.versions()
     jsonls = [rundir.start(out, c.to_dict(), installed) for c, out in zip(configs, out_dirs)]
     member_writers = [[jsonl] for jsonl in jsonls]
@@ -117,7 +137,7 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
     trackers = [evaluation.EarlyStopping(config.trainer.patience, config.trainer.monitor) for _ in configs]
     # A copy: a task may donate its parameters to its train step (NodeGrid's loop step does).
     best_params = jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, task.params)
-    epoch_times = []
+    epoch_times, failures = [], {}
     name = config.dataset.name if len(configs) == 1 else f"{config.dataset.name} x{len(configs)}"
     # Into a log (CI, SLURM, nohup) every refresh is a line: there, at most one every 10 s.
     terminal = sys.stderr.isatty()
@@ -140,10 +160,16 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
                     writer.log(epoch, row)
                 bad = evaluation.non_finite(row)
                 if bad:  # the run fails (the journal records it failed); it never ends as done
-                    raise NonFiniteTraining(
-                        f"{config.dataset.name}, seed {configs[m].seed}: {', '.join(bad)} not finite at epoch {epoch} "
-                        f"(optimizer.lr={configs[m].optimizer.lr}, pool.lr_mult={configs[m].pool.lr_mult}); "
-                        f"metrics so far in {pathlib.Path(out_dirs[m]) / 'metrics.jsonl'}")
+                    message = (f"{config.dataset.name}, seed {configs[m].seed}: {', '.join(bad)} not finite at epoch "
+                               f"{epoch} (optimizer.lr={configs[m].optimizer.lr}, pool.lr_mult={configs[m].pool.lr_mult}); "
+                               f"metrics so far in {pathlib.Path(out_dirs[m]) / 'metrics.jsonl'}")
+                    if len(configs) == 1:
+                        raise NonFiniteTraining(message)
+                    print(f"grid member failed: {message}", file=sys.stderr, flush=True)
+                    failures[m] = message
+                    tracker.stopped = True
+                    task.stop_member(m)
+                    continue
                 take[m] = tracker.update(epoch, row, alphas)
                 if tracker.stopped:
                     task.stop_member(m)
@@ -165,8 +191,15 @@ def fit(task, configs: list[Config], out_dirs: list[pathlib.Path], writers=(), h
     out = []
     timing = {"compile_seconds": task.compile_seconds, "seconds_per_epoch": float(np.median(epoch_times)),
               "device": str(jax.devices()[0])}
-    for member, tracker, (splits, _), out_dir in zip(configs, trackers, task.predict(best_params), out_dirs):
+    for m, (member, tracker, (splits, _), out_dir) in enumerate(zip(configs, trackers, task.predict(best_params),
+                                                                     out_dirs)):
+        if m in failures:
+            out.append(None)
+            continue
         results = {**evaluation.results(member, task.ds.task, task.ds.num_classes, tracker, splits), **timing}
         rundir.write_results(out_dir, results, evaluation.positive_scores(member, task.ds.num_classes, splits))
         out.append(results)
+    if failures:
+        raise NonFiniteTraining(f"{len(failures)} of {len(configs)} grid members went non-finite (the others are "
+                                "recorded done): " + "; ".join(failures.values()), results=out)
     return out

@@ -127,3 +127,31 @@ def test_grid_step_is_checked():
         Config.from_dict({"trainer": {"grid_step": "batched"}})
     with pytest.raises(ValueError, match="trainer.grid_step=loop runs one member at a time on one device"):
         Config.from_dict({"trainer": {"grid_step": "loop", "vmap": "seeds", "num_members": 4, "devices": 2}})
+
+
+@pytest.mark.parametrize("grid_step", ["loop", "vmap"])
+def test_a_member_that_goes_non_finite_fails_alone(tmp_path, monkeypatch, grid_step):
+    """A grid member whose numbers go non-finite is recorded failed with the error, while the other
+    members train on, are recorded done and equal the grid without the failure; the call still
+    raises. Before, one diverging seed (powermean's p crossing 0 on CiteSeer) failed the whole cell."""
+    from gaflax import evaluation
+
+    raw = {**RAW, "trainer": {**RAW["trainer"], "max_epochs": 6, "num_members": 3, "grid_step": grid_step}}
+    clean = train_grid(Config.from_dict(raw), tmp_path / "clean")
+    calls, real = [], evaluation.non_finite
+
+    def member_1_at_epoch_2(row):  # rows come in member order, three per epoch while all run
+        calls.append(row)
+        return ["val/loss"] if len(calls) == 2 * 3 + 2 else real(row)
+
+    monkeypatch.setattr(evaluation, "non_finite", member_1_at_epoch_2)
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    with pytest.raises(FloatingPointError, match=r"1 of 3 grid members went non-finite.*seed 1: val/loss not finite at epoch 2"):
+        train_grid(Config.from_dict(raw), tmp_path / "grid", journal=jr)
+    runs = {r["config"]["seed"]: r for r in jr.runs()}
+    assert runs[1]["status"] == "failed" and "seed 1: val/loss not finite at epoch 2" in runs[1]["error"]
+    assert not (tmp_path / "grid" / "seed_1" / "results.json").exists()
+    for seed in (0, 2):
+        assert runs[seed]["status"] == "done"
+        for key in COMPARED:
+            assert runs[seed]["results"][key] == pytest.approx(clean[seed][key], abs=1e-9), (seed, key)
