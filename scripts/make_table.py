@@ -14,6 +14,10 @@ runs; the best mean of each row is in bold. Prints Markdown, then LaTeX (booktab
 row's first column (the backbone's default when that is listed first); ``--learned`` adds the
 learned aggregator parameters at each run's best epoch (alpha, p, t, a, b): per layer, the median
 over runs of their mean over channels, and their range.
+
+``--newest`` keeps, of the runs of one experiment (the same config and data) recorded at several
+code versions, only those finished last: a cell rerun at a later commit replaces its earlier runs
+instead of being mixed with them. Say in the text which commit each row comes from.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sys
 
 import numpy as np
 
-from gaflax.journal import Journal, _flatten, default_path
+from gaflax.journal import Journal, _flatten, default_path, semantic_config
 from gaflax.pooling import AGGREGATORS
 
 
@@ -61,6 +65,18 @@ def load_runs(journal_path=None, runs_dir=None, filters=None) -> list[dict]:
         return out
     journal = Journal(journal_path or default_path())
     return [r for r in journal.runs({"status": "done", **(filters or {})})]
+
+
+def newest(runs: list[dict]) -> list[dict]:
+    """Of the runs that share their semantic config and data fingerprint (the same experiment,
+    perhaps at different code versions), the one finished last; the rest are left out."""
+    latest = {}
+    for run in runs:
+        key = json.dumps([semantic_config(run["config"]), run.get("data_fingerprint")], sort_keys=True, default=str)
+        if key not in latest or (run.get("finished_at") or 0) >= (latest[key].get("finished_at") or 0):
+            latest[key] = run
+    kept = {id(run) for run in latest.values()}
+    return [run for run in runs if id(run) in kept]
 
 
 def row_label(config: dict, rows: list[str]) -> str:
@@ -174,10 +190,14 @@ def main(argv=None):
                         help="config key that makes the rows (repeatable; default dataset.name)")
     parser.add_argument("--seconds", action="store_true", help="also the seconds per epoch of each cell")
     parser.add_argument("--learned", action="store_true", help="also the learned aggregator parameters")
+    parser.add_argument("--newest", action="store_true",
+                        help="of an experiment run at several code versions, keep only the runs finished last")
     args = parser.parse_args(argv)
     filters = dict(item.split("=", 1) for item in args.filter)
     rows = args.row or ["dataset.name"]
     runs = load_runs(args.journal, args.runs, filters)
+    if args.newest:
+        runs = newest(runs)
     try:
         cells, columns = collect(runs, args.column, args.metric, rows)
     except ValueError as error:

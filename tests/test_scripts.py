@@ -267,3 +267,21 @@ def test_citeseer_vs_pyg_rules():
     history = {"val_acc": [0.5, 0.6, 0.55, 0.55], "val_loss": [1.0, 1.1, 1.2, 1.3]}
     assert script.rule_gaflax(history, 2) == (True, 1)
     assert script.rule_gat_paper(history, 2) == (True, 0)
+
+
+def test_make_table_newest_keeps_a_rerun_instead_of_mixing_it(tmp_path, capsys):
+    """A cell rerun at a later commit: by default both commits' runs are averaged; with --newest
+    only the later runs of each experiment count, and cells run once are kept as they are."""
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    later = {**CODE, "git_sha": "def"}
+    for seed in range(2):
+        for pool, code, accuracy in (("ga", CODE, 0.70), ("ga", later, 0.80), ("weighted_sum", CODE, 0.75)):
+            config = Config.from_dict({"pool": {"name": pool}, "seed": seed}).to_dict()
+            decision = jr.begin(config, {"dataset": "cora"}, code=code)
+            jr.finish(decision.run_id, {"test/accuracy": accuracy + 0.01 * seed})
+    table = _script("make_table")
+    table.main(["--journal", str(jr.path)])
+    assert "(4)" in capsys.readouterr().out  # the ga cell mixes both commits
+    table.main(["--journal", str(jr.path), "--newest"])
+    out = capsys.readouterr().out
+    assert "| cora | 75.5 ± 0.7 (2) | **80.5 ± 0.7** (2) |" in out
