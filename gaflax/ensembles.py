@@ -21,6 +21,14 @@ import numpy as np
 from gaflax.config import Config
 from gaflax.tasks import SPLITS, Task, tabular_arrays
 
+#: Threads per XGBoost / LightGBM model. One: the study's tables are small (hundreds to thousands
+#: of rows), and on a shared CPU their OpenMP threads spin-wait for cores that other jobs hold.
+#: ``scripts/bench_trees.py`` (a study run on keel_yeast4, 2-core machine): with other jobs on the
+#: cores, 2 threads took 9.0x (LightGBM) and 1.6x (XGBoost) the time of 1; on idle cores 2 threads
+#: took 0.83x. The study always shares the cores here (and pytest runs 4 workers on 2). Bagging
+#: already runs one job.
+TREE_THREADS = 1
+
 #: The losses a tree ensemble can train with (``loss.name``).
 ENSEMBLE_LOSSES = ("ce", "weighted_ce")
 
@@ -55,7 +63,7 @@ class _XGBoost(_Trees):
         self.train = xgboost.DMatrix(self.x, label=self.y, weight=self.weights)
         self.params = {"max_depth": m.max_depth, "eta": m.learning_rate, "subsample": m.subsample,
                        "colsample_bytree": m.colsample, "min_child_weight": m.min_child_weight,
-                       "reg_lambda": m.l2, "seed": self.seed, "nthread": 2, "tree_method": "hist",
+                       "reg_lambda": m.l2, "seed": self.seed, "nthread": TREE_THREADS, "tree_method": "hist",
                        **({"objective": "binary:logistic"} if self.num_classes == 2 else
                           {"objective": "multi:softprob", "num_class": self.num_classes})}
 
@@ -78,7 +86,7 @@ class _LightGBM(_Trees):
         self.params = {"num_leaves": m.num_leaves, "learning_rate": m.learning_rate, "bagging_fraction": m.subsample,
                        "bagging_freq": 1 if m.subsample < 1 else 0, "feature_fraction": m.colsample,
                        "min_child_samples": m.min_child_samples, "lambda_l2": m.l2, "seed": self.seed,
-                       "deterministic": True, "force_row_wise": True, "num_threads": 2, "verbosity": -1,
+                       "deterministic": True, "force_row_wise": True, "num_threads": TREE_THREADS, "verbosity": -1,
                        **({"objective": "binary"} if self.num_classes == 2 else
                           {"objective": "multiclass", "num_class": self.num_classes})}
 

@@ -24,7 +24,7 @@ def _reference(model, x, y, trees, seed, weights):
         import xgboost
 
         booster = xgboost.train({"max_depth": 6, "eta": 0.1, "subsample": 1.0, "colsample_bytree": 1.0,
-                                 "min_child_weight": 1.0, "reg_lambda": 1.0, "seed": seed, "nthread": 2,
+                                 "min_child_weight": 1.0, "reg_lambda": 1.0, "seed": seed, "nthread": 1,
                                  "tree_method": "hist", "objective": "binary:logistic"},
                                 xgboost.DMatrix(x, label=y, weight=weights), num_boost_round=trees)
         return lambda z: booster.predict(xgboost.DMatrix(z))
@@ -33,7 +33,7 @@ def _reference(model, x, y, trees, seed, weights):
 
         booster = lightgbm.train({"num_leaves": 31, "learning_rate": 0.1, "bagging_fraction": 1.0, "bagging_freq": 0,
                                   "feature_fraction": 1.0, "min_child_samples": 20, "lambda_l2": 0.0, "seed": seed,
-                                  "deterministic": True, "force_row_wise": True, "num_threads": 2, "verbosity": -1,
+                                  "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbosity": -1,
                                   "objective": "binary"}, lightgbm.Dataset(x, label=y, weight=weights),
                                  num_boost_round=trees)
         return booster.predict
@@ -92,6 +92,19 @@ def test_ensembles_train_end_to_end_and_keep_the_test_split_untouched(model, tmp
     task.train_epoch(0)
     (splits, _), = task.predict(task.params)
     assert set(splits) == {"train", "val"}
+
+
+@pytest.mark.parametrize("model", ["xgboost", "lightgbm"])
+def test_boosters_run_one_thread(model):
+    """The boosters get TREE_THREADS = 1 threads: on a shared CPU, two OpenMP threads spin-wait for
+    cores that other jobs hold (9x slower for LightGBM under load here; scripts/bench_trees.py)."""
+    pytest.importorskip(ENSEMBLES[model], reason="needs the [experiments] extra")
+    from gaflax.ensembles import TREE_THREADS, EnsembleTask
+
+    config = _config(model)
+    task = EnsembleTask(config, load_dataset(config))
+    assert TREE_THREADS == 1
+    assert task.trees.params["nthread" if model == "xgboost" else "num_threads"] == TREE_THREADS
 
 
 def test_ensemble_settings_are_checked():

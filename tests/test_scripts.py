@@ -195,6 +195,23 @@ def test_bench_regression_times_gaflax_and_a_peer(tmp_path, capsys):
     assert "| peer/powermean |" in capsys.readouterr().out
 
 
+def test_bench_trees_times_each_thread_count(tmp_path, capsys):
+    """One round of one epoch per booster and thread count: every row timed, ratios to the first
+    thread count, and the library's thread setting restored afterwards."""
+    pytest.importorskip("xgboost", reason="needs the [experiments] extra")
+    pytest.importorskip("lightgbm", reason="needs the [experiments] extra")
+    from gaflax import ensembles
+
+    bench = _script("bench_trees")
+    bench.main(["--epochs", "1", "--rounds", "1", "--load", "a test", "--out", str(tmp_path / "trees.json")])
+    out = json.loads((tmp_path / "trees.json").read_text())
+    assert [(r["model"], r["threads"]) for r in out["rows"]] == [("xgboost", 1), ("xgboost", 2), ("lightgbm", 1),
+                                                                  ("lightgbm", 2)]
+    assert all(r["median_seconds"] > 0 and len(r["seconds"]) == 1 for r in out["rows"])
+    assert out["rows"][0]["ratio"] == 1.0 and out["meta"]["load"] == "a test"
+    assert ensembles.TREE_THREADS == 1 and "lightgbm" in capsys.readouterr().out
+
+
 def test_device_check_script_is_ready_to_run():
     """scripts/device_check.sh (run on a GPU when one is lent): valid bash, every flag it passes to
     a script is one that script accepts, and its pytest selection collects tests."""
