@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from gaflax.config import Config
 from gaflax.journal import Journal, _flatten, default_path, semantic_config
 from gaflax.pooling import AGGREGATORS
 
@@ -67,12 +68,24 @@ def load_runs(journal_path=None, runs_dir=None, filters=None) -> list[dict]:
     return [r for r in journal.runs({"status": "done", **(filters or {})})]
 
 
+def _with_defaults(config: dict) -> dict:
+    """The config with today's defaults filled in: a run recorded before a field existed (e.g.
+    ``model.message_dropout``) is the same experiment as a later run that holds the default. A
+    config the current code no longer reads is returned as it is."""
+    try:
+        return Config.from_dict(config).to_dict()
+    except (ValueError, TypeError, KeyError):
+        return config
+
+
 def newest(runs: list[dict]) -> list[dict]:
-    """Of the runs that share their semantic config and data fingerprint (the same experiment,
-    perhaps at different code versions), the one finished last; the rest are left out."""
+    """Of the runs that share their semantic config (with today's defaults filled in) and data
+    fingerprint (the same experiment, perhaps at different code versions), the one finished last;
+    the rest are left out."""
     latest = {}
     for run in runs:
-        key = json.dumps([semantic_config(run["config"]), run.get("data_fingerprint")], sort_keys=True, default=str)
+        key = json.dumps([semantic_config(_with_defaults(run["config"])), run.get("data_fingerprint")],
+                         sort_keys=True, default=str)
         if key not in latest or (run.get("finished_at") or 0) >= (latest[key].get("finished_at") or 0):
             latest[key] = run
     kept = {id(run) for run in latest.values()}

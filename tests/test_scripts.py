@@ -302,3 +302,25 @@ def test_make_table_newest_keeps_a_rerun_instead_of_mixing_it(tmp_path, capsys):
     table.main(["--journal", str(jr.path), "--newest"])
     out = capsys.readouterr().out
     assert "| cora | 75.5 ± 0.7 (2) | **80.5 ± 0.7** (2) |" in out
+
+
+def test_make_table_newest_fills_in_fields_added_since_a_run(tmp_path, capsys):
+    """A run recorded before a config field existed (here model.message_dropout and
+    trainer.grid_step) and its rerun, which holds the field's default, are the same experiment:
+    --newest keeps only the rerun. A rerun with a different value stays a separate experiment."""
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    later = {**CODE, "git_sha": "def"}
+    for seed in range(2):
+        config = Config.from_dict({"pool": {"name": "max"}, "seed": seed}).to_dict()
+        old = json.loads(json.dumps(config))
+        del old["model"]["message_dropout"], old["trainer"]["grid_step"]
+        for recorded, code, accuracy in ((old, CODE, 0.70), (config, later, 0.80)):
+            decision = jr.begin(recorded, {"dataset": "cora"}, code=code)
+            jr.finish(decision.run_id, {"test/accuracy": accuracy + 0.01 * seed})
+    table = _script("make_table")
+    table.main(["--journal", str(jr.path), "--newest"])
+    assert "| cora | **80.5 ± 0.7** (2) |" in capsys.readouterr().out
+    dropped = Config.from_dict({"pool": {"name": "max"}, "seed": 0, "model": {"message_dropout": 0.5}}).to_dict()
+    jr.finish(jr.begin(dropped, {"dataset": "cora"}, code=later).run_id, {"test/accuracy": 0.5})
+    table.main(["--journal", str(jr.path), "--newest"])
+    assert "(3)" in capsys.readouterr().out  # the message-dropout run is another experiment, kept
