@@ -107,6 +107,43 @@ def test_boosters_run_one_thread(model):
     assert task.trees.params["nthread" if model == "xgboost" else "num_threads"] == TREE_THREADS
 
 
+def test_bagging_predicts_each_tree_once_per_set_of_rows(monkeypatch):
+    """Bagging's soft vote keeps running sums per set of rows: after growing, only the new trees
+    predict, a repeated or smaller request calls no tree, and every answer equals the plain vote
+    over the first n trees exactly."""
+    pytest.importorskip("sklearn", reason="needs the [experiments] extra")
+    from sklearn.tree import DecisionTreeClassifier
+
+    from gaflax.ensembles import EnsembleTask
+
+    calls = []
+    original = DecisionTreeClassifier.predict_proba
+    monkeypatch.setattr(DecisionTreeClassifier, "predict_proba", lambda self, x: calls.append(1) or original(self, x))
+    config = _config("bagging")
+    task = EnsembleTask(config, load_dataset(config))
+    x = task.x_train[:50]
+
+    def plain(n):
+        total = np.zeros((len(x), 2))
+        for tree, features in list(zip(task.trees.ensemble.estimators_, task.trees.ensemble.estimators_features_))[:n]:
+            total[:, tree.classes_] += original(tree, x[:, features])
+        return total / n
+
+    task.trees.grow(4)
+    calls.clear()
+    np.testing.assert_array_equal(task.trees.probs(x, 4), plain(4))
+    assert len(calls) == 4
+    task.trees.grow(4)
+    calls.clear()
+    np.testing.assert_array_equal(task.trees.probs(x.copy(), 8), plain(8))  # same rows, another array
+    assert len(calls) == 4  # only the new trees
+    calls.clear()
+    np.testing.assert_array_equal(task.trees.probs(x, 3), plain(3))
+    np.testing.assert_array_equal(task.trees.probs(x, 8), plain(8))
+    assert len(calls) == 0
+    np.testing.assert_array_equal(task.trees.probs(x[:10], 8)[:10], plain(8)[:10])  # other rows: their own sums
+
+
 def test_ensemble_settings_are_checked():
     ds = load_dataset(_config("xgboost"))
     with pytest.raises(ValueError, match="loss.name='focal' does not fit model.name='xgboost': tree ensembles"):
