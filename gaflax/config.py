@@ -225,6 +225,10 @@ class PoolConfig:
     scope: str = "layer"
     lr_mult: float = 1.0
     positive: str = "softplus"
+    # GenAgg: train f^-1 with the paper's inverse-reconstruction loss. The genagg package's default never
+    # applies it (its forward hook is not reached: GenAgg.forward calls f.forward, not f), so its
+    # numbers come from training without it: false matches the package as it runs.
+    inverse_loss: bool = True
 
     def check(self, check, key: str):
         check(-1 <= self.alpha <= 1, f"{key}.alpha={self.alpha} must lie in [-1, 1]")

@@ -365,7 +365,8 @@ def _mlp(params, prefix, x, widths, rows=True):
     return x
 
 
-def genagg(messages, segment_ids, num_segments, weights=None, alpha=None, params=None, with_aux=False):
+def genagg(messages, segment_ids, num_segments, weights=None, alpha=None, params=None, with_aux=False,
+           inverse_loss=True):
     """GenAgg (Kortvelesy, Morad & Prorok, NeurIPS 2023), as the authors' ``genagg`` package:
 
         out_i = f^-1( n_i^a * mean_j f(x_j - b * mean_j x_j) ),
@@ -398,6 +399,8 @@ def genagg(messages, segment_ids, num_segments, weights=None, alpha=None, params
     out = jnp.where(count > 0, out, 0)
     if not with_aux:
         return out
+    if not inverse_loss:
+        return out, jnp.zeros((), out.dtype)
     reconstructed = _mlp(params, "f_inverse", encoded, widths[::-1], kept)[..., 0]
     squared = jnp.where(kept[..., 0], (jnp.abs(x) - jnp.abs(reconstructed)) ** 2, 0)
     return out, jnp.sum(squared) / jnp.maximum(jnp.sum(jnp.broadcast_to(kept[..., 0], x.shape)), 1)
@@ -556,7 +559,7 @@ AGGREGATORS: Registry[Aggregator] = Registry("pooling operator", {
                   shape=lambda heads, channels: (heads, len(PNA_AGGREGATORS) * len(PNA_SCALERS) * channels, channels),
                   decay=True, report=False),
         ParamSpec("mix_bias", 0.0, shape=lambda heads, channels: (heads, channels), decay=True, report=False))),
-    "genagg": Aggregator(genagg, params=_genagg_specs(), aux_loss=True),
+    "genagg": Aggregator(genagg, params=_genagg_specs(), aux_loss=True, options=("inverse_loss",)),
     "extended_ga": Aggregator(extended_ga, takes_exponent=True, uses_weights=True, params=(
         ParamSpec("b", 0.0, reported=unit_interval), ParamSpec("gate", 0.5, reported=unit_interval),
         ParamSpec("gamma", 0.0), ParamSpec("delta", 0.0))),
@@ -589,4 +592,4 @@ def from_config(pool: PoolConfig, key: str, data_stats: dict | None = None) -> t
     ``data_stats``: statistics of the training data that some operators take as options (PNA's
     ``delta``; see ``gaflax.tasks.degree_stats``)."""
     return make(pool.name, alpha=pool.alpha, learn=pool.learn, scope=pool.scope, lr_mult=pool.lr_mult,
-                positive=pool.positive, key=key, **(data_stats or {}))
+                positive=pool.positive, inverse_loss=pool.inverse_loss, key=key, **(data_stats or {}))

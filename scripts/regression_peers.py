@@ -14,8 +14,10 @@ and Adam at lr 1e-3. The peers:
   ``clamp(mean(clamp(x, 1e-6, 100)^p), 1e-6, 100)^(1/p)`` with one learned p (start 1), on PyG's
   ``Aggregation`` base;
 - ``softmax``: PyG's ``SoftmaxAggregation(learn=True)`` (one learned temperature);
-- ``genagg``: the ``genagg`` package's ``GenAgg()`` in its default configuration (batch norm,
-  the inverse-reconstruction objective in its forward hook).
+- ``genagg``: the ``genagg`` package's ``GenAgg()`` in its default configuration (batch norm).
+  Its inverse-reconstruction objective is a forward hook that never fires (``GenAgg.forward``
+  calls ``f.forward``, which bypasses hooks; ``tests/test_aggregators.py``), so the package trains
+  f^-1 through the task loss alone, as gaflax's ``pool.inverse_loss=false`` (README, Ablation 4).
 
 Each run is evaluated on the fixed test set of gaflax's task (1024 graphs from the key
 ``AggregatorRegressionGrid.EVAL_KEYS["test"]``), so the MSE and Pearson r compare with gaflax's

@@ -493,6 +493,54 @@ def test_genagg_reconstruction_loss_joins_the_objective():
     np.testing.assert_allclose(float(reported), float(losses.cross_entropy(logits, labels, mask)) + aux, rtol=1e-5)
 
 
+def test_genagg_without_the_inverse_loss():
+    """``pool.inverse_loss=false`` (the package as it runs, below): the same aggregate, and an
+    auxiliary loss of exactly 0 instead of the reconstruction term."""
+    from gaflax.config import PoolConfig
+
+    messages = jax.random.normal(jax.random.key(3), (30, 2, 3))
+    segments = jax.random.randint(jax.random.key(4), (30,), 0, 6)
+    with_loss, _ = pooling.from_config(PoolConfig(name="genagg"), "pool")
+    without, _ = pooling.from_config(PoolConfig(name="genagg", inverse_loss=False), "pool")
+    params = with_loss.initial_params(jax.random.key(5), (2, 3))
+    out, loss = with_loss(messages, segments, 6, params=params, with_aux=True)
+    out_without, loss_without = without(messages, segments, 6, params=params, with_aux=True)
+    np.testing.assert_array_equal(out, out_without)
+    assert float(loss) > 0 and float(loss_without) == 0.0
+    # and its gradient reaches f^-1 through the aggregate alone
+    grads = jax.grad(lambda p: without(messages, segments, 6, params=p, with_aux=True)[1])(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads))
+
+
+@needs_pyg
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_genagg_package_never_applies_its_inverse_loss():
+    """What ``pool.inverse_loss=false`` copies: the package registers the reconstruction loss as a
+    forward hook of its autoencoder f, but ``GenAgg.forward`` calls ``f.forward``, which bypasses
+    hooks. After a forward and backward pass the loss is still 0 and f^-1's gradient is the task
+    loss's alone (the same as with the objective switched off)."""
+    genagg_pkg = pytest.importorskip("genagg", reason="the genagg package is not installed (pip install genagg)")
+    import torch
+    from genagg.MLPAutoencoder import MLPAutoencoder
+
+    grads = []
+    for enforce_inverse in (True, False):
+        torch.manual_seed(0)
+        module = genagg_pkg.GenAgg(f=MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, enforce_inverse=enforce_inverse,
+                                                    init=None, jit=False))
+        x = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+        index = torch.arange(40) % 7
+        module(x, index, dim_size=7).square().mean().backward()
+        assert float(module.f.inverse_loss) == 0.0
+        grads.append(torch.cat([p.grad.flatten() for p in module.f.net_rev.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    # called as a module, the hook does fire and adds the reconstruction loss: so the test can fail
+    f = MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, init=None, jit=False)
+    f(torch.randn(40, 1))
+    assert float(f.inverse_loss) > 0
+
+
 @needs_pyg
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
