@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Issue #19 / the GenAgg fidelity finding: gaflax's GenAgg trained as the package runs (pool.inverse_loss=false),
+# 500 steps, 5 vmapped seeds, all 13 targets; from a worktree at 727c84e. Resumes through the journal.
+# setsid gives each job its own autogroup, where nice works only inside the group: set the group's own niceness.
+echo 0 > /proc/self/autogroup
+cd /work/run_727c84e
+export GAFLAX_DATA=/work/shared/data
+exec /work/main/.venv/bin/python -m experiments.train -m experiment=aggregator_regression trainer.max_epochs=5 \
+  trainer.patience=5 pool=genagg pool.inverse_loss=false \
+  journal.path=/work/main/results/ablations/regression_500.sqlite > /work/main/results/ablations/regression_genagg_noinv.log 2>&1
