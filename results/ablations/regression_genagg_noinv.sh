@@ -3,6 +3,7 @@
 # 500 steps, 5 vmapped seeds, all 13 targets; from a worktree at 727c84e. Resumes through the journal.
 # setsid gives each job its own autogroup, where nice works only inside the group: set the group's own niceness.
 echo 0 > /proc/self/autogroup
+[ -d /work/run_727c84e ] || git -C /work/main worktree add -f /work/run_727c84e 727c84e  # a new checkout has no worktree
 cd /work/run_727c84e
 export GAFLAX_DATA=/work/shared/data
 exec /work/main/.venv/bin/python -m experiments.train -m experiment=aggregator_regression trainer.max_epochs=5 \

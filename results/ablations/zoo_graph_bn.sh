@@ -3,6 +3,7 @@
 # from a worktree at a9fe044 (fixed journal keys). Resumes through the journal.
 # setsid gives each job its own autogroup, where nice works only inside the group: set the group's own niceness.
 echo 0 > /proc/self/autogroup
+[ -d /work/run_a9fe044 ] || git -C /work/main worktree add -f /work/run_a9fe044 a9fe044  # a new checkout has no worktree
 cd /work/run_a9fe044
 export GAFLAX_DATA=/work/shared/data
 exec nice -n 5 /work/main/.venv/bin/python -m experiments.train -m experiment=ablation_zoo_graph dataset=enzymes \

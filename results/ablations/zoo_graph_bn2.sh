@@ -2,6 +2,7 @@
 # Issue #18: a second process for the ENZYMES batch-norm row, the slow readouts from the other end (the journal
 # refuses the runs the first process already recorded), so that the two cores share the row.
 echo 0 > /proc/self/autogroup
+[ -d /work/run_a9fe044 ] || git -C /work/main worktree add -f /work/run_a9fe044 a9fe044  # a new checkout has no worktree
 cd /work/run_a9fe044
 export GAFLAX_DATA=/work/shared/data
 exec /work/main/.venv/bin/python -m experiments.train -m experiment=ablation_zoo_graph dataset=enzymes \
