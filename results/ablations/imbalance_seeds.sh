@@ -8,9 +8,9 @@ echo 8 > /proc/self/autogroup
 [ -d /work/main/results/imbalance_seeds ] || tar -xJf /work/main/results/ablations/imbalance_seeds_a9fe044.tar.xz -C /work/main/results
 cd /work/run_a9fe044
 export GAFLAX_DATA=/work/shared/data
-nice -n 10 /work/main/.venv/bin/python -m experiments.imbalance_study --data-root /work/shared/data \
+/work/main/.venv/bin/python -m experiments.imbalance_study --data-root /work/shared/data \
   --datasets keel_yeast4 keel_winequality_red_4 keel_page_blocks0 --models mlp xgboost lightgbm bagging \
   --seeds 0 1 2 3 4 --out /work/main/results/imbalance_seeds > /work/main/results/ablations/imbalance_seeds.log 2>&1
-nice -n 10 /work/main/.venv/bin/python -m experiments.imbalance_study --data-root /work/shared/data \
+/work/main/.venv/bin/python -m experiments.imbalance_study --data-root /work/shared/data \
   --datasets reddit_anomaly --seeds 0 1 2 3 4 --out /work/main/results/imbalance_seeds \
   >> /work/main/results/ablations/imbalance_seeds.log 2>&1

@@ -6,6 +6,6 @@ echo 15 > /proc/self/autogroup
 [ -d /work/run_a9fe044 ] || git -C /work/main worktree add -f /work/run_a9fe044 a9fe044  # a new checkout has no worktree
 cd /work/run_a9fe044
 export GAFLAX_DATA=/work/shared/data
-exec nice -n 15 /work/main/.venv/bin/python -m experiments.train -m experiment=aggregator_regression \
+exec /work/main/.venv/bin/python -m experiments.train -m experiment=aggregator_regression \
   trainer.max_epochs=100 trainer.patience=100 pool=extended_ga,ga,log_ga \
   journal.path=/work/main/results/ablations/regression_10k.sqlite > /work/main/results/ablations/regression_10k.log 2>&1
