@@ -103,7 +103,7 @@ from gaflax.tasks import STATE, GraphTask, load_dataset, make_steps
 # exact arithmetic (the bias before a batch norm) it turns rounding noise, which differs with the
 # order of the sums over devices, into full steps of +-lr; the predictions then differed by 1.4e-3
 # on CI's CPU. Under SGD the rounding noise stays rounding noise, and every parameter can be compared.
-gaflax.tasks.make_optimizer = lambda config, params: optax.sgd(0.01)
+gaflax.tasks.make_optimizer = lambda config, params: optax.sgd(0.001)
 out = {"devices": len(jax.devices())}
 for name, raw in json.loads(sys.argv[1]).items():
     runs = {}
@@ -121,11 +121,14 @@ for name, raw in json.loads(sys.argv[1]).items():
                              {k: v for k, v in stepped.items() if k != STATE})
         first = (float(first_loss), jax.tree.leaves(grads), [np.asarray(x).ravel().tolist()
                                                              for x in jax.tree.leaves(stepped.get(STATE, {}))])
+        initial = [np.asarray(x) for x in jax.tree.leaves(task.params)]
         losses = [float(task.train_epoch(epoch)[0]) for epoch in range(3)]
         (splits, alphas), = task.predict(task.params)
         placed = sorted({len(x.sharding.device_set) for x in jax.tree.leaves(task.params)})
+        moved = max(float(np.max(np.abs(np.asarray(x) - a))) for x, a in zip(jax.tree.leaves(task.params), initial))
         runs[devices] = (first, losses, [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(task.params)],
-                         {s: (v[0].tolist(), v[1].ravel().tolist(), v[2]) for s, v in splits.items()}, placed)
+                         {s: (v[0].tolist(), v[1].ravel().tolist(), v[2]) for s, v in splits.items()}, placed,
+                         moved)
     out[name] = runs
 print("RESULT " + json.dumps(out))
 """
@@ -152,8 +155,8 @@ def test_data_parallel_graph_batches_equal_one_device():
     out = _run_child(cases, DATA_PARALLEL_CHILD)
     assert out["devices"] == 4
     for name, many in (("gin_bn_ga", "4"), ("gat_sum", "3")):
-        (first_1, loss_1, params_1, splits_1, placed_1) = out[name]["1"]
-        (first_n, loss_n, params_n, splits_n, placed_n) = out[name][many]
+        (first_1, loss_1, params_1, splits_1, placed_1, moved_1) = out[name]["1"]
+        (first_n, loss_n, params_n, splits_n, placed_n, moved_n) = out[name][many]
         assert placed_1 == [1] and placed_n == [int(many)], name  # replicated over the mesh
         # The first step: loss, gradient of every parameter and the new running statistics.
         np.testing.assert_allclose(first_n[0], first_1[0], rtol=1e-6, err_msg=name)
@@ -164,7 +167,9 @@ def test_data_parallel_graph_batches_equal_one_device():
         assert bool(first_1[2]) == (name == "gin_bn_ga")
         # Three epochs of SGD (15 steps): the losses, every parameter and the predictions.
         np.testing.assert_allclose(loss_n, loss_1, rtol=1e-5, err_msg=name)
-        assert loss_1[-1] < loss_1[0], name  # it trained
+        # It trained: some parameter moved by 10x the tolerance below, so their agreement is not vacuous.
+        # (Not "the last loss is lower": at this small step the epoch losses are noisy.)
+        assert moved_1 > 1e-4 and moved_n > 1e-4, (name, moved_1, moved_n)
         assert len(params_1) == len(params_n)
         for a, b in zip(params_1, params_n):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=name)
