@@ -9,6 +9,12 @@ GenAgg's own code), and on which it reaches ``--threshold`` (1e-4).
     python scripts/plot_regression.py --journal results/regression.sqlite --peers results/regression_peers.json
 
 ``--filter KEY=VALUE`` narrows the journal runs (e.g. ``trainer.max_epochs=20`` for one step count).
+``--journal`` may be given several times; ``--steps`` then tells runs of different lengths apart by
+naming each gaflax method with its step count ("extended_ga (10,000 steps)"). ``--floor`` is the
+figure's lowest MSE (default 1e-5).
+
+    python scripts/plot_regression.py --journal results/ablations/regression_500.sqlite \
+      --journal results/ablations/regression_10k.sqlite --steps --filter pool.name=extended_ga
 """
 
 from __future__ import annotations
@@ -29,25 +35,32 @@ from gaflax.data.aggregator_regression import TARGETS  # noqa: E402
 from gaflax.journal import Journal  # noqa: E402
 
 
-def collect(runs, peer_rows=()) -> dict:
-    """{(target, method): [test MSE per seed]}: gaflax's runs by ``pool.name``, the peers' as
-    ``<peer> (PyTorch)``."""
+def steps_of(config: dict) -> int:
+    """Training steps of a run: epochs times the steps in an epoch."""
+    return config["trainer"]["max_epochs"] * config["dataset"]["options"].get("steps_per_epoch", 100)
+
+
+def collect(runs, peer_rows=(), steps=False) -> dict:
+    """{(target, method): [test MSE per seed]}: gaflax's runs by ``pool.name`` (with ``steps``,
+    ``"<pool> (<N> steps)"``), the peers' as ``<peer> (PyTorch)``."""
     cells = {}
     for run in runs:
-        if run["config"]["dataset"]["name"] != "aggregator_regression" or "test/mse" not in run["results"]:
+        config = run["config"]
+        if config["dataset"]["name"] != "aggregator_regression" or "test/mse" not in run["results"]:
             continue
-        target = run["config"]["dataset"]["options"].get("target", "max")
-        cells.setdefault((target, run["config"]["pool"]["name"]), []).append(run["results"]["test/mse"])
+        target = config["dataset"]["options"].get("target", "max")
+        method = config["pool"]["name"] + (f" ({steps_of(config):,} steps)" if steps else "")
+        cells.setdefault((target, method), []).append(run["results"]["test/mse"])
     for row in peer_rows:
         cells.setdefault((row["target"], f"{row['peer']} (PyTorch)"), []).append(row["test_mse"])
     return cells
 
 
-#: The figure's lowest MSE; bars of smaller values (exact matches) reach the axis.
+#: The figure's lowest MSE by default; bars of smaller values (exact matches) reach the axis.
 FLOOR = 1e-5
 
 
-def plot(cells, out):
+def plot(cells, out, floor=FLOOR):
     targets = [t for t in TARGETS if any(key[0] == t for key in cells)]
     methods = list(dict.fromkeys(method for _, method in cells))
     width = 0.8 / max(len(methods), 1)
@@ -65,7 +78,7 @@ def plot(cells, out):
         ax.bar(xs, means, width, yerr=[lower, stds], label=method, capsize=2)
     ax.set_yscale("log")
     # An exact match (the mean aggregator on the mean: 1e-16) would stretch the axis over 10 decades.
-    ax.set_ylim(bottom=FLOOR)
+    ax.set_ylim(bottom=floor)
     ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test MSE (mean ± std over seeds)")
     ax.legend(fontsize=7, ncol=2)
@@ -103,21 +116,23 @@ def goal(cells, ours: str, rival: str, threshold: float) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--journal", required=True)
+    parser.add_argument("--journal", required=True, action="append", help="a lab journal; may repeat")
     parser.add_argument("--peers", default=None, help="JSON written by scripts/regression_peers.py")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="docs/figures/regression.png")
     parser.add_argument("--ours", default="extended_ga")
     parser.add_argument("--rival", default="genagg (PyTorch)")
     parser.add_argument("--threshold", type=float, default=1e-4)
+    parser.add_argument("--steps", action="store_true", help="name gaflax's methods with their step counts")
+    parser.add_argument("--floor", type=float, default=FLOOR, help="the figure's lowest MSE")
     args = parser.parse_args(argv)
     filters = dict(item.split("=", 1) for item in args.filter)
-    runs = Journal(args.journal).runs({"status": "done", **filters})
+    runs = [run for path in args.journal for run in Journal(path).runs({"status": "done", **filters})]
     peer_rows = json.loads(pathlib.Path(args.peers).read_text())["rows"] if args.peers else ()
-    cells = collect(runs, peer_rows)
+    cells = collect(runs, peer_rows, steps=args.steps)
     if not cells:
         sys.exit("plot_regression: no finished aggregator_regression runs with test/mse found")
-    plot(cells, args.out)
+    plot(cells, args.out, floor=args.floor)
     print(table(cells))
     result = goal(cells, args.ours, args.rival, args.threshold)
     print(f"\n{args.ours} below {args.rival} on {len(result['better'])} of {len(result['compared'])} targets: "

@@ -110,6 +110,18 @@ def test_plot_regression_draws_targets_by_method(tmp_path, capsys):
     assert plot.goal(cells, "mean", "genagg (PyTorch)", 1e-4) == {"compared": ["std"], "better": [], "reached": []}
     with pytest.raises(SystemExit, match="no finished aggregator_regression runs"):
         plot.main(["--journal", str(jr.path), "--filter", "seed=7", "--out", str(tmp_path / "none.png")])
+    # Two journals of different lengths, told apart by their step counts.
+    long = gj.Journal(tmp_path / "long.sqlite")
+    config = Config.from_dict({"dataset": {"name": "aggregator_regression", "options": {"target": "std"}},
+                               "model": {"name": "aggregator"}, "pool": {"name": "ga"}, "loss": {"name": "mse"},
+                               "trainer": {"max_epochs": 100}}).to_dict()
+    long.finish(long.begin(config, {"generator": "x"}, code=CODE).run_id, {"test/mse": 1e-7})
+    plot.main(["--journal", str(jr.path), "--journal", str(long.path), "--steps", "--floor", "1e-8",
+               "--filter", "pool.name=ga", "--ours", "ga (10,000 steps)", "--out", str(tmp_path / "s.png")])
+    printed = capsys.readouterr().out
+    assert "| target | ga (100,000 steps) | ga (10,000 steps) |" in printed  # the default 1000 epochs
+    assert "| std | 0.015 ± 0.0071 | 1e-07 ± 0 |" in printed
+    assert "ga (10,000 steps) at or below 0.0001: std" in printed
 
 
 def test_make_table_from_run_directories(tmp_path, capsys):
