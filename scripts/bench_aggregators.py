@@ -91,7 +91,8 @@ def peer_cases(x_np, ids_np, n, ct_np):
         from genagg import GenAgg
         from genagg.MLPAutoencoder import MLPAutoencoder
 
-        modules["genagg_package"] = GenAgg(f=MLPAutoencoder(batchnorm=False, init=None, jit=False,
+        # The package's defaults (batch normalisation on), as gaflax's port and its equality test use.
+        modules["genagg_package"] = GenAgg(f=MLPAutoencoder(layer_sizes=pooling.GENAGG_WIDTHS, init=None, jit=False,
                                                             enforce_inverse=False))
     except ImportError:
         pass

@@ -396,6 +396,25 @@ def np_mish(x):
     return x * np.tanh(np.log1p(np.exp(x)))
 
 
+def np_mish_slope(x):
+    """d/dx x tanh(softplus(x)) = tanh(s) + x sigmoid(x) (1 - tanh(s)^2), s = softplus(x)."""
+    t = np.tanh(np.logaddexp(0, x))
+    return t + x * np.exp(-np.logaddexp(0, -x)) * (1 - t ** 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mish_and_its_hand_written_derivative_match_the_textbook_form(dtype):
+    x = np.concatenate([np.linspace(-30, 30, 601), [-1e4, -88, -20, 0, 19.999, 20, 20.001, 25, 1e4]])
+    with jax.enable_x64(dtype == "float64"):
+        values, slopes = jax.vmap(jax.value_and_grad(pooling._mish))(jnp.asarray(x, dtype))
+        assert values.dtype == slopes.dtype == jnp.dtype(dtype)
+        tol = 1e-6 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(values, x * np.tanh(np.logaddexp(0, x)), rtol=tol, atol=tol)
+        np.testing.assert_allclose(slopes, np_mish_slope(x), rtol=tol, atol=tol)
+        if dtype == "float64":  # the custom derivative against finite differences, to second order
+            check_grads(pooling._mish, (jnp.asarray([-3.0, -0.5, 0.0, 0.7, 4.0]),), order=2, modes=["fwd", "rev"])
+
+
 def np_mlp(params, prefix, x, widths):
     """Linear, then BatchNorm1d in training mode over all rows of x (biased variance), then Mish."""
     for i in range(len(widths) - 1):
