@@ -240,8 +240,13 @@ def pna(messages, segment_ids, num_segments, weights=None, alpha=None, params=No
              maximum(x, segment_ids, num_segments), std(x, segment_ids, num_segments)]
     stacked = jnp.concatenate(parts, axis=-1)  # [N, H, 4 C]
     log_degree = jnp.log(jnp.maximum(count, 1) + 1)
-    scaled = jnp.concatenate([stacked, stacked * (log_degree / delta), stacked * (delta / log_degree)], axis=-1)
-    out = jnp.einsum("nhk,hkc->nhc", scaled, params["mix"]) + params["mix_bias"][None]
+    # W [S (x) A] as the sum over scalers s of s(d) (W_s A): the scalers act on the mixed [N, H, C]
+    # rather than on three copies of A, which was about 1.3x slower forward and backward.
+    k = stacked.shape[-1]
+    w = params["mix"]  # [H, 12 C, C]: identity, amplification, attenuation blocks of 4 C rows
+    out = (jnp.einsum("nhk,hkc->nhc", stacked, w[:, :k])
+           + (log_degree / delta) * jnp.einsum("nhk,hkc->nhc", stacked, w[:, k:2 * k])
+           + (delta / log_degree) * jnp.einsum("nhk,hkc->nhc", stacked, w[:, 2 * k:])) + params["mix_bias"][None]
     out = jnp.where(count > 0, out, 0)
     return out if messages.ndim == 3 else out[:, 0, :]
 
