@@ -78,22 +78,29 @@ def default_path() -> pathlib.Path:
     return pathlib.Path(os.environ.get("GAFLAX_JOURNAL", "journal.sqlite"))
 
 
-def code_version() -> dict:
-    """git SHA, whether the tree has uncommitted changes (and a hash of them), package version."""
+#: Paths whose uncommitted changes do not change a run's code version: results (the journals
+#: committed under results/ grow while their runs go on, which made every later run a new key) and
+#: prose. Git pathspecs, relative to the repository root.
+NOT_CODE = (":(exclude)results", ":(exclude)docs", ":(exclude)*.md")
+
+
+def code_version(repo: pathlib.Path | None = None) -> dict:
+    """git SHA, whether the tree has uncommitted changes to code (and a hash of them; ``NOT_CODE``
+    is left out), package version. ``repo``: the checkout (default: the one holding gaflax)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         package = version("gaflax")
     except PackageNotFoundError:
         package = None
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = pathlib.Path(__file__).resolve().parents[1] if repo is None else repo
 
     def git(*args):
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True).stdout
 
     try:
         sha = git("rev-parse", "HEAD").decode().strip()
-        diff = git("diff", "HEAD", "--", ".")
+        diff = git("diff", "HEAD", "--", ".", *NOT_CODE)
     except (OSError, subprocess.CalledProcessError):
         return {"git_sha": None, "dirty": None, "diff_sha256": None, "package": package}
     return {"git_sha": sha, "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,

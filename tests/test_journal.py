@@ -319,3 +319,30 @@ def test_a_corrupt_journal_is_named_and_never_overwritten(tmp_path, damage):
         journal = gj.Journal(path)
         journal.runs()
     assert path.read_bytes() == bytes(raw)  # kept as it was
+
+
+def test_code_version_ignores_results_and_prose_but_not_code(tmp_path):
+    """A journal committed under results/ grows while its runs go on; if its bytes counted as
+    uncommitted code, every later run (and every resumed test) would get a new key."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    for path, text in (("gaflax/op.py", "x = 1\n"), ("results/ablations/j.sqlite", "a"), ("README.md", "a\n"),
+                       ("docs/note.md", "a\n"), ("conf/model/gat.yaml", "hidden: 8\n")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    clean = gj.code_version(tmp_path)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["git_sha"]) == 40
+    for path in ("results/ablations/j.sqlite", "README.md", "docs/note.md"):
+        (tmp_path / path).write_text("changed\n")
+    assert gj.code_version(tmp_path) == clean
+    (tmp_path / "conf/model/gat.yaml").write_text("hidden: 16\n")
+    config_changed = gj.code_version(tmp_path)
+    assert config_changed["dirty"] is True and config_changed["diff_sha256"]
+    (tmp_path / "gaflax/op.py").write_text("x = 2\n")
+    code_changed = gj.code_version(tmp_path)
+    assert code_changed["dirty"] is True and code_changed["diff_sha256"] != config_changed["diff_sha256"]
