@@ -280,7 +280,8 @@ def test_bfloat16_messages_stay_finite(aggregator):
                                      mutable=["intermediates", "losses"])[0]
                 return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
-            (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            # jitted: op by op, GA's custom rules made this test take minutes
+            (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
             assert logits.dtype == jnp.float32 and np.isfinite(float(value)), (model_config, pool)
             assert all(bool(jnp.all(jnp.isfinite(g))) and g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
             jaxpr = str(jax.make_jaxpr(loss)(params))
