@@ -268,8 +268,9 @@ def test_padding_edges_changes_nothing(aggregator, x64):
             logits = model_.apply({"params": params}, graph, deterministic=True, mutable=["intermediates", "losses"])[0]
             return jnp.sum(jnp.sin(logits)), logits
 
-        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, graph)
-        (_, logits_padded), grads_padded = jax.value_and_grad(loss, has_aux=True)(params, padded)
+        value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))  # op by op took minutes
+        (_, logits), grads = value_and_grad(params, graph)
+        (_, logits_padded), grads_padded = value_and_grad(params, padded)
         assert np.all(np.isfinite(logits_padded))
         assert logits.dtype == jnp.float64
         np.testing.assert_allclose(logits_padded, logits, rtol=1e-9, atol=1e-12, err_msg=str(model))
