@@ -417,8 +417,8 @@ def genagg(messages, segment_ids, num_segments, weights=None, alpha=None, params
     a = unit_interval(params["a"])
     b = unit_interval(params["b"])
     flat = _flat(messages)  # [E, F]
-    count = _sum(jnp.ones(flat.shape[:1], flat.dtype), segment_ids, num_segments)[:, None]  # [N, 1]
-    x = flat - b * (_sum(flat, segment_ids, num_segments) / jnp.maximum(count, 1))[segment_ids]
+    count = _count(flat, segment_ids, num_segments)  # [N, 1]
+    x = flat - b * mean(flat, segment_ids, num_segments)[segment_ids]
     kept = (segment_ids < num_segments)[:, None]  # [E, 1]
     encoded = _plane_mlp(params, "f", [x], GENAGG_WIDTHS, kept)  # 4 planes [E, F]
     # n^a times the mean of the encodings: one segment sum of the 4 planes side by side.
