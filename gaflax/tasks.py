@@ -356,6 +356,7 @@ class GraphTask(Task):
     def __init__(self, config: Config, ds):
         self.ds, self.seed = ds, config.seed
         key_init, self.key_dropout = run_keys(config.seed)
+        self._eval_cache = {}
         self.batch_size = config.trainer.batch_size
         self.indices = dict(zip(SPLITS, ds.folds(seed=config.seed)[config.trainer.fold]))
         # trainer.evaluate_test=false (model selection): the outer test fold is never batched
@@ -404,18 +405,28 @@ class GraphTask(Task):
             batch_losses.append(loss)  # on the device: one transfer per epoch, not one per batch
         return np.asarray([np.mean(np.asarray(jax.device_get(batch_losses)))])
 
+    def _eval_batches(self, split) -> list:
+        """``split``'s batches in order, as (device arguments, labels, real-graph mask), built once:
+        evaluation every epoch sees the same batches."""
+        if split not in self._eval_cache:
+            cached = []
+            for batch in self._batches(split):
+                labels, keep = batch.labels, batch.graph_mask
+                if self.mesh is not None:  # the devices' groups, in order, as the logits come
+                    labels, keep = labels.reshape((-1,) + labels.shape[2:]), keep.reshape(-1)
+                cached.append((self._device(batch), labels[keep], keep))
+            self._eval_cache[split] = cached
+        return self._eval_cache[split]
+
     def predict(self, params) -> list:
         out, alphas = {}, {}
         for split in self.splits:
+            batches = self._eval_batches(split)
+            # Dispatch every batch before reading any back: the device never waits for the host.
+            steps = [self.eval_step(params, graph, labels, mask[None]) for (graph, labels, mask), _, _ in batches]
             labels, probs, loss_sum = [], [], 0.0
-            for batch in self._batches(split):
-                graph, batch_labels, graph_mask = self._device(batch)
-                logits, batch_loss, intermediates = self.eval_step(params, graph, batch_labels, graph_mask[None])
-                if self.mesh is not None:  # the devices' groups, in order, as the logits come
-                    batch = dataclasses.replace(batch, labels=batch.labels.reshape((-1,) + batch.labels.shape[2:]),
-                                                graph_mask=batch.graph_mask.reshape(-1))
-                keep = batch.graph_mask
-                labels.append(batch.labels[keep])
+            for (logits, batch_loss, intermediates), (_, batch_labels, keep) in zip(steps, batches):
+                labels.append(batch_labels)
                 probs.append(outputs(logits, self.ds)[keep])
                 loss_sum += float(batch_loss[0]) * keep.sum()  # weighted by the batch's real graphs
                 alphas = alphas_from_intermediates(intermediates)

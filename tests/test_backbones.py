@@ -203,6 +203,33 @@ def test_gin_batch_norm_evaluates_each_graph_alone():
     np.testing.assert_allclose(alone[0], together[0], rtol=1e-5, atol=1e-5)
 
 
+def test_graph_predictions_follow_the_current_parameters_on_every_split():
+    """GraphTask.predict builds each split's batches once and reuses them: after training has moved
+    the parameters, it gives what eval_step gives on freshly built batches of that split (labels in
+    the order batched, class probabilities, mean loss over the real graphs)."""
+    task = _gin_bn_graph_task()
+    before = task.predict(task.params)[0][0]
+    for epoch in range(2):
+        task.train_epoch(epoch)
+    (splits, _), = task.predict(task.params)
+    assert splits.keys() == {"train", "val", "test"}
+    for split, (labels, probs, loss) in splits.items():
+        want_labels, want_probs, losses = [], [], []
+        for batch in task._batches(split):
+            graph, batch_labels, mask = task._device(batch)
+            logits, batch_loss, _ = task.eval_step(task.params, graph, batch_labels, mask[None])
+            keep = batch.graph_mask
+            want_labels.append(batch.labels[keep])
+            want_probs.append(np.asarray(jax.nn.softmax(logits, -1))[keep])
+            losses.append(float(batch_loss[0]) * keep.sum())
+        np.testing.assert_array_equal(labels, np.concatenate(want_labels))
+        order = np.sort if split == "train" else np.asarray  # the train split is batched in its epoch-0 shuffle
+        np.testing.assert_array_equal(order(labels), order(task.ds.labels[task.indices[split]]))
+        np.testing.assert_allclose(probs, np.concatenate(want_probs), rtol=1e-6)
+        np.testing.assert_allclose(loss, sum(losses) / len(labels), rtol=1e-6)
+        assert not np.allclose(probs, before[split][1])  # the parameters moved, and predict followed them
+
+
 def test_gin_batch_norm_trains_nodes_and_grids(tmp_path):
     """Node classification (one graph, nothing padded) with batch norm trains, and a 2-seed grid
     gives each seed's sequential run."""

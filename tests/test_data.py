@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 import gaflax
 from gaflax import data
+from gaflax.compat import jraph
 from gaflax.config import Config
 from gaflax.data import DatasetError, load
 from gaflax.data import _files
@@ -493,6 +494,7 @@ def test_batching_compiles_a_bounded_number_of_times():
             seen_shapes.add(batch.graph.nodes.shape)
             assert batch.graph_mask.sum() <= 16 and not batch.graph_mask[-1]
             assert batch.node_mask.sum() == batch.graph.n_node[batch.graph_mask].sum()
+            np.testing.assert_array_equal(batch.node_mask, jraph.get_node_padding_mask(batch.graph))
     assert len(traces) == len(seen_shapes) <= len(budgets) <= 3
 
 
@@ -571,6 +573,7 @@ def test_pad_shards_splits_a_batch_into_equal_shaped_groups(num_graphs, shards):
         assert real_edges == sum(int(graphs[i].n_edge[0]) for i in range(sum(sizes[:group]), sum(sizes[: group + 1])))
         assert m[g.senders[:real_edges]].all() and m[g.receivers[:real_edges]].all()
         assert int(m.sum()) == int(g.n_node[: sizes[group]].sum())
+        np.testing.assert_array_equal(m, jraph.get_node_padding_mask(g))  # an empty group too
 
 
 def test_sbm_is_a_homophilous_block_model():

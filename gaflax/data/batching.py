@@ -79,7 +79,10 @@ def _pad_to(graphs, labels, budget: Budget, template) -> Batch:
     graph_mask = np.arange(budget.n_graph) < len(graphs)
     padded_labels = np.zeros((budget.n_graph,) + np.shape(labels)[1:], np.asarray(labels).dtype)
     padded_labels[: len(graphs)] = labels
-    return Batch(padded, padded_labels, graph_mask, np.asarray(jraph.get_node_padding_mask(padded)))
+    # pad_with_graphs appends the padding nodes after the real ones; numpy, not jraph's mask, which
+    # runs jax ops and waits for the device's queued steps before the next batch can be built
+    node_mask = np.arange(budget.n_node) < int(np.sum(batch.n_node))
+    return Batch(padded, padded_labels, graph_mask, node_mask)
 
 
 def _empty_like(graph):
