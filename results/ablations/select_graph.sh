@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Superseded by select_graph_8b01154.sh (2026-12-02), which finishes what this one started; kept as the record of how MUTAG ran.
 # Issue #22 section 2: GIN readouts with model selection per outer fold (experiment=select_zoo_graph), MUTAG,
 # then ENZYMES (with Xu et al.'s batch norm), then PROTEINS; from a worktree at a9fe044. Resumes through the journal.
 # setsid gives each job its own autogroup, where nice works only inside the group: set the group's own niceness.
