@@ -336,3 +336,46 @@ def test_make_table_newest_fills_in_fields_added_since_a_run(tmp_path, capsys):
     jr.finish(jr.begin(dropped, {"dataset": "cora"}, code=later).run_id, {"test/accuracy": 0.5})
     table.main(["--journal", str(jr.path), "--newest"])
     assert "(3)" in capsys.readouterr().out  # the message-dropout run is another experiment, kept
+
+
+def test_bench_train_graph_pyg_twin_is_gaflax_gin(tmp_path, capsys):
+    """scripts/bench_train_graph.py's PyG model computes gaflax's GIN: with gaflax's parameters
+    copied in, the logits of a batch agree (evaluation mode), and the parameter counts match. One
+    round of one epoch writes a row per method."""
+    pytest.importorskip("torch_geometric", reason="the peer needs the bench extra (torch, torch_geometric)")
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark files not found at {SHARED_DATA} (MUTAG)")
+    import torch
+    from torch_geometric.data import Batch as PyGBatch
+
+    from gaflax.tasks import GraphTask, load_dataset
+
+    bench = _script("bench_train_graph")
+    config = bench.gaflax_config(str(SHARED_DATA), "MUTAG", "sum", 0, 1)
+    ds = load_dataset(config)
+    task = GraphTask(config, ds)
+    pyg = bench._PyGData(ds)
+    net = bench.pyg_model(pyg.num_features, pyg.num_classes).eval()
+    leaves = jax.tree_util.tree_leaves(task.params)
+    assert sum(np.size(a) for a in leaves) == sum(p.numel() for p in net.parameters())
+    # every parameter moved off its initial value (eps and the biases start at 0)
+    keys = iter(jax.random.split(jax.random.key(1), len(leaves)))
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(next(keys), a.shape), task.params)
+    bench.copy_gaflax_params(net, params)
+
+    (graph, labels, mask), _, keep = task._eval_batches("val")[0]
+    logits = np.asarray(task.eval_step(params, graph, labels, mask[None])[0])[keep]
+    val = task.indices["val"][: int(keep.sum())]
+    with torch.no_grad():
+        twin = net(PyGBatch.from_data_list([pyg.graphs[i] for i in val])).numpy()
+    np.testing.assert_allclose(twin, logits, rtol=1e-4, atol=1e-4)
+
+    rows = bench.main(["--root", str(SHARED_DATA), "--dataset", "MUTAG", "--epochs", "1", "--rounds", "1",
+                       "--readouts", "sum", "--torch-threads", "1", "--out", str(tmp_path / "graph.json")])
+    saved = json.loads((tmp_path / "graph.json").read_text())["rows"]
+    assert [r["method"] for r in saved] == [r["method"] for r in rows] == [
+        "gaflax GIN (sum readout)", "PyG GIN twin (sum readout, 1 thread)"]
+    assert all(r["seconds_per_epoch"] > 0 and len(r["runs"]) == 1 for r in saved)
+    assert "| PyG GIN twin (sum readout, 1 thread) |" in capsys.readouterr().out
