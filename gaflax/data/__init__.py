@@ -20,7 +20,7 @@ from typing import Callable
 
 from gaflax.data._files import DatasetError, default_root
 from gaflax.data.aggregator_regression import make_aggregator_regression
-from gaflax.data.batching import Batch, Budget, budgets_for, iterate_batches, pad_batch
+from gaflax.data.batching import BUDGET_QUANTILES, Batch, Budget, budgets_for, iterate_batches, pad_batch
 from gaflax.data.datasets import GraphDataset, NodeDataset, load_planetoid, load_reddit_anomaly, load_shchur, load_tu
 from gaflax.data.sbm import make_sbm
 from gaflax.data.synthetic import make_synthetic
@@ -28,7 +28,7 @@ from gaflax.data.tabular import KEEL_PREFIX, KEEL_STUDY, RESAMPLERS, TabularData
 from gaflax.registry import Registry
 
 __all__ = [
-    "DATASETS", "KEEL_STUDY", "RESAMPLERS", "Batch", "Budget", "DatasetEntry", "DatasetError", "GraphDataset",
+    "BUDGET_QUANTILES", "DATASETS", "KEEL_STUDY", "RESAMPLERS", "Batch", "Budget", "DatasetEntry", "DatasetError", "GraphDataset",
     "NodeDataset", "TabularDataset", "balanced_node_mask", "budgets_for", "default_root", "iterate_batches", "load",
     "load_keel", "lookup", "make_sbm", "make_synthetic", "pad_batch", "resample",
 ]
