@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 
 from experiments.runtime import enable_compilation_cache
 from experiments.search import run_study
 from experiments.train import to_config, train_one
+from gaflax.evaluation import sign_test
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OBJECTIVES = ("f1", "f_half", "ga_precision_harmonic", "ga_precision_geometric", "ga_precision_strict")
@@ -158,15 +158,6 @@ def table(rows) -> str:
         lines.append("| " + " | ".join([r["dataset"], r.get("model", "mlp"), str(r.get("seed", 0)), r["objective"],
                                         _picked(r["params"], r["threshold"]), *numbers]) + " |")
     return "\n".join(lines)
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: the probability of a split at least this uneven between wins
-    and losses (ties dropped) if either side were equally likely."""
-    n, k = wins + losses, min(wins, losses)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 SUMMARY = ("precision", "recall", "fp", "fn", "f1")

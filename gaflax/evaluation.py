@@ -8,9 +8,12 @@ probabilities ``[n, C]`` (classification) or the predicted values ``[n]`` (regre
 - ``decisions``: predicted labels per split (argmax, or a threshold tuned on validation).
 - ``results``: the final metrics of a run, with the trivial baselines on the same test set.
 - ``positive_scores``: the positive-class scores of a binary task, for PR curves.
+- ``sign_test``: the paired comparison of two methods over the same seeds or folds.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -126,3 +129,12 @@ def positive_scores(config: Config, num_classes: int, splits) -> dict[str, np.nd
     keep = ("val", "test") if config.trainer.evaluate_test else ("val",)
     return {f"{split}_{kind}": array for split, (labels, probs, _) in splits.items() if split in keep
             for kind, array in (("labels", labels), ("scores", probs[:, 1].astype(np.float32)))}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the probability of a split at least this uneven between wins
+    and losses (ties dropped) if either side were equally likely."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)

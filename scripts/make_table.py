@@ -15,6 +15,12 @@ row's first column (the backbone's default when that is listed first); ``--learn
 learned aggregator parameters at each run's best epoch (alpha, p, t, a, b): per layer, the median
 over runs of their mean over channels, and their range.
 
+``--versus LABEL`` adds a paired comparison of every column with the column ``LABEL`` (e.g.
+``--column readout --versus sum``): per row, the runs of the two columns that share the seed and
+fold are paired, and each cell gives wins / ties / losses of ``--metric`` against ``LABEL`` and
+the two-sided exact sign test's p (ties dropped). Two runs of one cell with the same seed and fold
+(e.g. one experiment at two commits) are an error: filter them, or use ``--newest``.
+
 ``--newest`` keeps, of the runs of one experiment (the same config and data) recorded at several
 code versions, only those finished last: a cell rerun at a later commit replaces its earlier runs
 instead of being mixed with them. Say in the text which commit each row comes from.
@@ -31,6 +37,7 @@ import sys
 import numpy as np
 
 from gaflax.config import Config
+from gaflax.evaluation import sign_test
 from gaflax.journal import Journal, _flatten, default_path, semantic_config
 from gaflax.pooling import AGGREGATORS
 
@@ -128,6 +135,51 @@ def render_seconds(cells, columns) -> str:
     return "\n".join(lines)
 
 
+def pair_key(config: dict) -> tuple:
+    """What pairs two runs of different columns: the seed and the fold (None without folds)."""
+    flat = _flatten(config)
+    return flat.get("seed"), flat.get("trainer.fold")
+
+
+def paired(runs, column: str, metric: str, reference: str, rows=("dataset.name",)) -> dict:
+    """{row: {column label: (wins, ties, losses)}} of ``metric`` against the column ``reference``,
+    over the runs paired by ``pair_key`` (the reference column itself is left out)."""
+    values = {}
+    for run in runs:
+        if metric not in run["results"]:
+            continue
+        cell = values.setdefault(row_label(run["config"], list(rows)), {}).setdefault(column_label(run["config"], column), {})
+        key = pair_key(run["config"])
+        if key in cell:
+            raise ValueError(f"make_table --versus: two runs of one cell share seed and fold {key}; "
+                             "filter one of them out, or use --newest")
+        cell[key] = run["results"][metric]
+    out = {}
+    for row_name, row in values.items():
+        if reference not in row:
+            raise ValueError(f"make_table --versus: no column {reference!r} in row {row_name!r} (columns: {', '.join(row)})")
+        base = row[reference]
+        for label, cell in row.items():
+            if label == reference:
+                continue
+            pairs = [(cell[k], base[k]) for k in cell if k in base]
+            out.setdefault(row_name, {})[label] = (sum(a > b for a, b in pairs), sum(a == b for a, b in pairs),
+                                                   sum(a < b for a, b in pairs))
+    return out
+
+
+def render_versus(counts, columns, reference: str) -> str:
+    """Wins / ties / losses against ``reference`` per cell, with the sign test's p."""
+    lines = [f"| vs {reference}: W/T/L (sign p) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row_name, row in counts.items():
+        texts = []
+        for c in columns:
+            wins, ties, losses = row.get(c, (0, 0, 0))
+            texts.append(f"{wins}/{ties}/{losses} (p = {sign_test(wins, losses):.2f})" if c in row else "–")
+        lines.append("| " + " | ".join([row_name, *texts]) + " |")
+    return "\n".join(lines)
+
+
 def _layer_name(key: str) -> str:
     """``gcn_0/t`` and ``readout_alpha`` as they are; a GA exponent's bare layer name ``gcn_0`` ->
     ``gcn_0/alpha``."""
@@ -203,6 +255,8 @@ def main(argv=None):
                         help="config key that makes the rows (repeatable; default dataset.name)")
     parser.add_argument("--seconds", action="store_true", help="also the seconds per epoch of each cell")
     parser.add_argument("--learned", action="store_true", help="also the learned aggregator parameters")
+    parser.add_argument("--versus", default=None, metavar="LABEL",
+                        help="also each column's wins/ties/losses against this column, paired by seed and fold")
     parser.add_argument("--newest", action="store_true",
                         help="of an experiment run at several code versions, keep only the runs finished last")
     args = parser.parse_args(argv)
@@ -217,6 +271,10 @@ def main(argv=None):
         sys.exit(str(error))
     if not cells:
         sys.exit(f"make_table: no finished runs with {args.metric!r} found")
+    try:  # before anything is printed
+        counts = paired(runs, args.column, args.metric, args.versus, rows) if args.versus else None
+    except ValueError as error:
+        sys.exit(str(error))
     header = " / ".join(key.removesuffix(".name") for key in rows)
     print(render(cells, columns, header=header))
     print()
@@ -225,6 +283,9 @@ def main(argv=None):
         timed = [run for run in runs if "seconds_per_epoch" in run["results"]]
         print()
         print(render_seconds(*collect(timed, args.column, "seconds_per_epoch", rows)))
+    if args.versus:
+        print()
+        print(render_versus(counts, [c for c in columns if c != args.versus], args.versus))
     if args.learned:
         print()
         print(render_learned(*collect(runs, args.column, args.metric, rows,

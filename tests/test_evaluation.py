@@ -70,3 +70,17 @@ def test_results_drop_the_test_split_when_tuning():
     assert set(evaluation.positive_scores(config, 2, splits)) == {"val_labels", "val_scores"}
     full = evaluation.results(Config(), "classification", 2, stopping, splits)
     assert full["test/accuracy"] == 0.5 and set(full["baselines"]) == {"uniform", "prior", "zero_rule"}
+
+
+def test_sign_test():
+    from gaflax.evaluation import sign_test
+
+    # exact binomial tails: 5/0 -> 2/32, 3/1 -> 2*(1+4)/16; ties are dropped before the test
+    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(0, 0) == 1.0
+    assert sign_test(3, 1) == pytest.approx(2 * 5 / 16) and sign_test(2, 2) == 1.0
+    from scipy.stats import binomtest  # scipy comes with jax
+
+    for wins in range(13):
+        for losses in range(13 - wins):
+            if wins + losses:
+                assert sign_test(wins, losses) == pytest.approx(binomtest(wins, wins + losses).pvalue, rel=1e-12)

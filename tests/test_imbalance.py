@@ -213,13 +213,6 @@ def test_the_study_tunes_tree_ensembles_beside_the_mlp(tmp_path, capsys):
     assert table.count("| keel_yeast4 | lightgbm | 0 |") == 2 and table.count("| keel_yeast4 | bagging | 0 |") == 2
 
 
-def test_sign_test():
-    from experiments.imbalance_study import sign_test
-
-    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(0, 0) == 1.0
-    assert sign_test(3, 1) == pytest.approx(2 * 5 / 16) and sign_test(2, 2) == 1.0
-
-
 @pytest.mark.slow
 def test_the_study_over_split_seeds_reports_error_bars_and_paired_tests(tmp_path, capsys):
     """--seeds 0 1: each seed is its own stratified split with its own studies; the table starts

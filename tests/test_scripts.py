@@ -379,3 +379,37 @@ def test_bench_train_graph_pyg_twin_is_gaflax_gin(tmp_path, capsys):
         "gaflax GIN (sum readout)", "PyG GIN twin (sum readout, 1 thread)"]
     assert all(r["seconds_per_epoch"] > 0 and len(r["runs"]) == 1 for r in saved)
     assert "| PyG GIN twin (sum readout, 1 thread) |" in capsys.readouterr().out
+
+
+def test_make_table_versus_pairs_runs_by_seed_and_fold(tmp_path, capsys):
+    """--versus sum: each readout's test accuracy against sum's on the same fold (wins / ties /
+    losses and the sign test); a fold only one column has is left out, and two runs of one cell on
+    the same fold are a clear error."""
+    jr = gj.Journal(tmp_path / "j.sqlite")
+    sum_accuracy = [0.5, 0.6, 0.7, 0.8, 0.9, 0.5]
+    others = {"max": [0.6, 0.7, 0.8, 0.9, 1.0, 0.4], "mean": [0.5, 0.5, 0.7, 0.7, 0.9, 0.5]}
+    for fold in range(6):
+        for readout, accuracies in (("sum", sum_accuracy), *others.items()):
+            if readout == "mean" and fold == 5:
+                continue  # mean lacks fold 5: 5 pairs
+            config = Config.from_dict({"dataset": {"name": "MUTAG"}, "model": {"name": "gin"},
+                                       "readout": {"name": readout}, "trainer": {"fold": fold}}).to_dict()
+            jr.finish(jr.begin(config, {"dataset": "MUTAG"}, code=CODE).run_id, {"test/accuracy": accuracies[fold]})
+    table = _script("make_table")
+    table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "sum"])
+    out = capsys.readouterr().out
+    # max: 5 wins, 1 loss -> p = 2 * 7 / 64; mean: 3 ties, 2 losses -> p = 2 * 1 / 4
+    assert "| vs sum: W/T/L (sign p) | max | mean |" in out
+    assert "| MUTAG | 5/0/1 (p = 0.22) | 0/3/2 (p = 0.50) |" in out
+    with pytest.raises(SystemExit, match="no column 'median'"):
+        table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "median"])
+    later = {**CODE, "git_sha": "def"}
+    config = Config.from_dict({"dataset": {"name": "MUTAG"}, "model": {"name": "gin"},
+                               "readout": {"name": "max"}, "trainer": {"fold": 0}}).to_dict()
+    jr.finish(jr.begin(config, {"dataset": "MUTAG"}, code=later).run_id, {"test/accuracy": 0.1})
+    with pytest.raises(SystemExit, match=r"share seed and fold \(0, 0\)"):
+        table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "sum"])
+    assert capsys.readouterr().out == ""  # the error comes before any table
+    table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "sum", "--newest"])
+    versus = capsys.readouterr().out.split("| vs sum")[1]
+    assert "4/0/2 (p = 0.69)" in versus and "0/3/2 (p = 0.50)" in versus
