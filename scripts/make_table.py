@@ -21,6 +21,11 @@ fold are paired, and each cell gives wins / ties / losses of ``--metric`` agains
 the two-sided exact sign test's p (ties dropped). Two runs of one cell with the same seed and fold
 (e.g. one experiment at two commits) are an error: filter them, or use ``--newest``.
 
+``--wall`` adds a table of the wall time (hours) of each cell's runs, from the journal's start
+and finish times, with overlapping runs (the members of a vmapped grid, parallel workers) counted
+once, and the row's total in the last column. Run it without ``--filter trainer.evaluate_test=True``
+to include a selection's candidates, which are most of its cost.
+
 ``--newest`` keeps, of the runs of one experiment (the same config and data) recorded at several
 code versions, only those finished last: a cell rerun at a later commit replaces its earlier runs
 instead of being mixed with them. Say in the text which commit each row comes from.
@@ -111,10 +116,11 @@ def row_label(config: dict, rows: list[str]) -> str:
 def collect(runs, column: str, metric: str, rows=("dataset.name",), value=None):
     """{row: {column label: [values]}} and the column labels: plain ones in first-seen order, then
     fixed exponents by alpha, then learned ones (so reruns do not reorder the table). ``value(run)``
-    replaces ``run["results"][metric]`` as the collected value (runs without ``metric`` are left out)."""
+    replaces ``run["results"][metric]`` as the collected value (runs without ``metric`` are left out;
+    ``metric=""`` keeps every run, for a ``value`` that reads something else)."""
     cells, columns = {}, []
     for run in runs:
-        if metric not in run["results"]:
+        if metric and metric not in run["results"]:
             continue
         label = column_label(run["config"], column)
         if label not in columns:
@@ -122,6 +128,28 @@ def collect(runs, column: str, metric: str, rows=("dataset.name",), value=None):
         collected = run["results"][metric] if value is None else value(run)
         cells.setdefault(row_label(run["config"], list(rows)), {}).setdefault(label, []).append(collected)
     return cells, sorted(columns, key=_column_order)
+
+
+def busy_hours(intervals) -> float:
+    """Hours covered by the union of ``(start, end)`` intervals (unix seconds)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 3600
+
+
+def render_wall(runs, column: str, rows) -> str:
+    """Wall hours of each cell's runs (overlaps counted once) and of the whole row."""
+    timed = [run for run in runs if run.get("started_at") and run.get("finished_at")]
+    cells, columns = collect(timed, column, "", rows, value=lambda run: (run["started_at"], run["finished_at"]))
+    lines = ["| wall hours | " + " | ".join(columns) + " | row |", "|---" * (len(columns) + 2) + "|"]
+    for row_name, row in cells.items():
+        texts = [f"{busy_hours(row[c]):.2f} ({len(row[c])})" if c in row else "–" for c in columns]
+        texts.append(f"{busy_hours([i for c in row for i in row[c]]):.2f}")
+        lines.append("| " + " | ".join([row_name, *texts]) + " |")
+    return "\n".join(lines)
 
 
 def render_seconds(cells, columns) -> str:
@@ -255,6 +283,7 @@ def main(argv=None):
                         help="config key that makes the rows (repeatable; default dataset.name)")
     parser.add_argument("--seconds", action="store_true", help="also the seconds per epoch of each cell")
     parser.add_argument("--learned", action="store_true", help="also the learned aggregator parameters")
+    parser.add_argument("--wall", action="store_true", help="also the wall hours of each cell's runs (journal only)")
     parser.add_argument("--versus", default=None, metavar="LABEL",
                         help="also each column's wins/ties/losses against this column, paired by seed and fold")
     parser.add_argument("--newest", action="store_true",
@@ -283,6 +312,9 @@ def main(argv=None):
         timed = [run for run in runs if "seconds_per_epoch" in run["results"]]
         print()
         print(render_seconds(*collect(timed, args.column, "seconds_per_epoch", rows)))
+    if args.wall:
+        print()
+        print(render_wall(runs, args.column, rows))
     if args.versus:
         print()
         print(render_versus(counts, [c for c in columns if c != args.versus], args.versus))

@@ -413,3 +413,15 @@ def test_make_table_versus_pairs_runs_by_seed_and_fold(tmp_path, capsys):
     table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "sum", "--newest"])
     versus = capsys.readouterr().out.split("| vs sum")[1]
     assert "4/0/2 (p = 0.69)" in versus and "0/3/2 (p = 0.50)" in versus
+
+
+def test_make_table_wall_hours_count_overlaps_once(jr, capsys):
+    """--wall: the union of the runs' [start, finish] intervals per cell (vmapped grid members and
+    parallel workers overlap), and of the whole row."""
+    table = _script("make_table")
+    assert table.busy_hours([(0, 3600), (1800, 5400), (7200, 10800), (7300, 7400)]) == pytest.approx(2.5)
+    assert table.busy_hours([]) == 0.0
+    table.main(["--journal", str(jr.path), "--filter", "dataset.name=cora", "--wall"])
+    wall = capsys.readouterr().out.split("| wall hours |")[1]
+    assert wall.startswith(" weighted_sum | ga α=-0.5 | ga α=0.5 | row |")
+    assert wall.count("(3)") == 3  # each cell's three seeds
