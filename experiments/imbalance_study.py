@@ -14,7 +14,8 @@ once. An untuned reference (the preset's defaults, cross-entropy, argmax) is tra
 
 Everything resumes: the Optuna studies live in ``<out>/optuna.sqlite`` and every run in the lab
 journal ``<out>/journal.sqlite``, so an interrupted study picks up where it stopped. Outputs:
-``<out>/table.md`` (Markdown), ``<out>/study.json`` and the PR-curve figure (``--figure``).
+``<out>/table.md`` (Markdown), ``<out>/study.json`` and the figure (``--figure``; ``--replot`` draws it
+again from ``study.json`` alone).
 """
 
 from __future__ import annotations
@@ -194,8 +195,10 @@ def summary(rows) -> str:
 
 
 def figure(rows, path: pathlib.Path):
-    """Test PR curves of each objective's chosen model, one panel per dataset, with the chosen
-    operating point (the validation-tuned threshold) marked."""
+    """One panel per dataset and model. One split seed: the test PR curve of each objective's chosen
+    model, with its operating point (the validation-tuned threshold) marked. Several seeds: each
+    objective's test operating point on every seed (small markers) and their mean with ± one std
+    in precision and recall (large marker and bars); curves of several splits would hide them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,27 +207,43 @@ def figure(rows, path: pathlib.Path):
 
     from gaflax.metrics import pr_curve
 
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    cols = min(2, len(datasets))
-    nrows = -(-len(datasets) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4.5 * nrows), squeeze=False)
-    for ax, dataset in zip(axes.flat, datasets):
-        for i, r in enumerate(x for x in rows if x["dataset"] == dataset):
-            with np.load(pathlib.Path(r["run_dir"]) / "predictions.npz") as data:
-                precision, recall, _ = pr_curve(data["test_labels"], data["test_scores"])
-            color, marker = f"C{i}", "osD^vP"[i % 6]
-            ax.plot(recall, precision, color=color, lw=1.0, alpha=0.7, label=r["objective"])
-            ax.plot(r["recall"], r["precision"], marker, color=color, ms=8, mec="black", alpha=0.9, zorder=3)
-        ax.set(title=dataset, xlabel="recall (test)", ylabel="precision (test)", xlim=(0, 1.02), ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.6)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.axis("off")
-    fig.suptitle("Test PR curves of each objective's tuned model;\nmarkers: the operating points tuned on validation",
-                 fontsize=10)
-    fig.tight_layout()
+    panels = {}
+    for r in rows:
+        panels.setdefault(r["dataset"], {}).setdefault(r.get("model", "mlp"), []).append(r)
+    cols = max(len(models) for models in panels.values())
+    fig, axes = plt.subplots(len(panels), cols, figsize=(4.2 * cols, 3.8 * len(panels)), squeeze=False)
+    for axes_row, (dataset, models) in zip(axes, panels.items()):
+        for ax in axes_row[len(models):]:
+            ax.axis("off")
+        for ax, (model, members) in zip(axes_row, models.items()):
+            objectives = list(dict.fromkeys(r["objective"] for r in members))
+            for i, objective in enumerate(objectives):
+                points = [r for r in members if r["objective"] == objective]
+                color, marker = f"C{i}", "osD^vP"[i % 6]
+                recall, precision = np.array([r["recall"] for r in points]), np.array([r["precision"] for r in points])
+                if len(points) == 1:
+                    with np.load(pathlib.Path(points[0]["run_dir"]) / "predictions.npz") as data:
+                        curve_precision, curve_recall, _ = pr_curve(data["test_labels"], data["test_scores"])
+                    ax.plot(curve_recall, curve_precision, color=color, lw=1.0, alpha=0.7)
+                else:
+                    ax.plot(recall, precision, marker, color=color, ms=4, alpha=0.35)
+                    ax.errorbar(recall.mean(), precision.mean(), xerr=recall.std(), yerr=precision.std(),
+                                color=color, lw=1.0, capsize=2, zorder=3)
+                ax.plot(recall.mean(), precision.mean(), marker, color=color, ms=8, mec="black", alpha=0.9,
+                        zorder=4, label=objective)
+            seeds = len({r.get("seed", 0) for r in members})
+            ax.set(title=f"{dataset} / {model}" + (f" ({seeds} seeds)" if seeds > 1 else ""),
+                   xlabel="recall (test)", ylabel="precision (test)")
+            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # zoomed to the points, inside [0, 1]
+            ax.set(xlim=(max(x0, -0.02), min(x1, 1.02)), ylim=(max(y0, -0.02), min(y1, 1.02)))
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # the objectives, in one order everywhere
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Test precision and recall of each objective's tuned model at its validation-tuned threshold\n"
+                 "(one seed: with its PR curve; several: each seed, and the mean ± std)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -240,8 +259,18 @@ def main(argv=None):
     parser.add_argument("--data-root", default=None, help="directory holding anomaly/reddit.npz (default: $GAFLAX_DATA)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/imbalance"))
     parser.add_argument("--figure", type=pathlib.Path, default=None, help="PNG path (default: <out>/pr_curves.png)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw the figure again from <out>/study.json (nothing is trained or read from the journal)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_epochs=50")
     args = parser.parse_args(argv)
+    figure_path = args.figure or args.out / "pr_curves.png"
+    if args.replot:
+        study = args.out / "study.json"
+        if not study.exists():
+            parser.error(f"--replot: {study} does not exist (run the study first)")
+        figure(json.loads(study.read_text()), figure_path)
+        print(f"study: figure in {figure_path}")
+        return
     enable_compilation_cache()
     unknown = sorted(set(args.objectives) - {p.stem for p in (ROOT / "conf" / "decision").glob("*.yaml")})
     if unknown:
@@ -253,7 +282,6 @@ def main(argv=None):
         markdown = summary(rows) + "\n\nEvery seed:\n\n" + markdown
     (args.out / "table.md").write_text(markdown + "\n")
     (args.out / "study.json").write_text(json.dumps(rows, indent=2))
-    figure_path = args.figure or args.out / "pr_curves.png"
     figure(rows, figure_path)
     print(markdown)
     print(f"study: table in {args.out / 'table.md'}, rows in {args.out / 'study.json'}, figure in {figure_path}")

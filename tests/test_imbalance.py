@@ -234,3 +234,22 @@ def test_the_study_over_split_seeds_reports_error_bars_and_paired_tests(tmp_path
     assert f"{np.mean(precisions):.3f} ± {np.std(precisions):.3f}" in strict
     assert strict.count(", p = ") == 2
     assert "Every seed:" in table and "| keel_yeast4 | mlp | 1 | f1 |" in table
+
+
+def test_replot_draws_the_figure_from_study_json_alone(tmp_path, capsys):
+    """--replot reads <out>/study.json (several seeds and models: operating points with their mean
+    and spread, no predictions needed) and trains nothing; without study.json it is a clear error."""
+    from experiments import imbalance_study
+
+    models = {"keel_yeast4": ("mlp", "xgboost"), "reddit_anomaly": ("gat",)}
+    rows = [{"dataset": dataset, "model": model, "objective": objective, "seed": seed, "run_dir": "/nonexistent",
+             "precision": 0.5 + 0.1 * seed, "recall": 0.3 + 0.05 * i, "fp": 3, "fn": 4, "f1": 0.4}
+            for dataset in models for model in models[dataset]
+            for i, objective in enumerate(("f1", "f_half")) for seed in range(3)]
+    with pytest.raises(SystemExit):
+        imbalance_study.main(["--out", str(tmp_path), "--replot"])
+    assert "study.json does not exist" in capsys.readouterr().err
+    (tmp_path / "study.json").write_text(json.dumps(rows))
+    imbalance_study.main(["--out", str(tmp_path), "--replot", "--figure", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "journal.sqlite").exists() and not (tmp_path / "table.md").exists()
