@@ -171,7 +171,8 @@ def pair_key(config: dict) -> tuple:
 
 def paired(runs, column: str, metric: str, reference: str, rows=("dataset.name",)) -> dict:
     """{row: {column label: (wins, ties, losses)}} of ``metric`` against the column ``reference``,
-    over the runs paired by ``pair_key`` (the reference column itself is left out)."""
+    over the runs paired by ``pair_key`` (the reference column itself is left out; a row without
+    the reference column gets no counts)."""
     values = {}
     for run in runs:
         if metric not in run["results"]:
@@ -182,17 +183,21 @@ def paired(runs, column: str, metric: str, reference: str, rows=("dataset.name",
             raise ValueError(f"make_table --versus: two runs of one cell share seed and fold {key}; "
                              "filter one of them out, or use --newest")
         cell[key] = run["results"][metric]
+    if values and not any(reference in row for row in values.values()):
+        labels = sorted({label for row in values.values() for label in row})
+        raise ValueError(f"make_table --versus: no column {reference!r} (columns: {', '.join(labels)})")
     out = {}
     for row_name, row in values.items():
-        if reference not in row:
-            raise ValueError(f"make_table --versus: no column {reference!r} in row {row_name!r} (columns: {', '.join(row)})")
+        out[row_name] = {}
+        if reference not in row:  # e.g. a dataset still running: its cells print as –
+            continue
         base = row[reference]
         for label, cell in row.items():
             if label == reference:
                 continue
             pairs = [(cell[k], base[k]) for k in cell if k in base]
-            out.setdefault(row_name, {})[label] = (sum(a > b for a, b in pairs), sum(a == b for a, b in pairs),
-                                                   sum(a < b for a, b in pairs))
+            out[row_name][label] = (sum(a > b for a, b in pairs), sum(a == b for a, b in pairs),
+                                    sum(a < b for a, b in pairs))
     return out
 
 

@@ -403,6 +403,12 @@ def test_make_table_versus_pairs_runs_by_seed_and_fold(tmp_path, capsys):
     assert "| MUTAG | 5/0/1 (p = 0.22) | 0/3/2 (p = 0.50) |" in out
     with pytest.raises(SystemExit, match="no column 'median'"):
         table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "median"])
+    # A dataset that has no sum yet (still running) prints – instead of stopping the table.
+    config = Config.from_dict({"dataset": {"name": "PROTEINS"}, "model": {"name": "gin"},
+                               "readout": {"name": "max"}, "trainer": {"fold": 0}}).to_dict()
+    jr.finish(jr.begin(config, {"dataset": "PROTEINS"}, code=CODE).run_id, {"test/accuracy": 0.7})
+    table.main(["--journal", str(jr.path), "--column", "readout", "--versus", "sum"])
+    assert "| PROTEINS | – | – |" in capsys.readouterr().out
     later = {**CODE, "git_sha": "def"}
     config = Config.from_dict({"dataset": {"name": "MUTAG"}, "model": {"name": "gin"},
                                "readout": {"name": "max"}, "trainer": {"fold": 0}}).to_dict()
