@@ -41,16 +41,22 @@ import sys
 
 import numpy as np
 
-from gaflax.config import Config
+from gaflax.config import Config, PoolConfig
 from gaflax.evaluation import sign_test
 from gaflax.journal import Journal, _flatten, default_path, semantic_config
 from gaflax.pooling import AGGREGATORS
 
 
 def _pool_label(pool: dict) -> str:
-    if not AGGREGATORS.lookup(pool["name"]).takes_exponent:
-        return pool["name"]
-    return f"{pool['name']} learned" if pool["learn"] else f"{pool['name']} α={pool['alpha']:g}"
+    """The operator's name, its options where they differ from the defaults (so that, e.g., GenAgg
+    with and without its inverse loss are two columns, not one averaged cell), then its exponent."""
+    entry = AGGREGATORS.lookup(pool["name"])
+    defaults = PoolConfig()
+    name = " ".join([pool["name"], *(f"{option}={pool[option]}" for option in entry.options
+                                     if option in pool and pool[option] != getattr(defaults, option, pool[option]))])
+    if not entry.takes_exponent:
+        return name
+    return f"{name} learned" if pool["learn"] else f"{name} α={pool['alpha']:g}"
 
 
 def column_label(config: dict, column: str) -> str:

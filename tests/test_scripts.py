@@ -431,3 +431,16 @@ def test_make_table_wall_hours_count_overlaps_once(jr, capsys):
     wall = capsys.readouterr().out.split("| wall hours |")[1]
     assert wall.startswith(" weighted_sum | ga α=-0.5 | ga α=0.5 | row |")
     assert wall.count("(3)") == 3  # each cell's three seeds
+
+
+def test_make_table_columns_tell_an_operator_s_options_apart():
+    """A non-default option is part of the column (GenAgg without its inverse loss, GA with another
+    positive transform); defaults keep the bare name, and the exponent stays last."""
+    table = _script("make_table")
+    genagg = Config.from_dict({"readout": {"name": "genagg"}}).to_dict()
+    assert table.column_label(genagg, "readout") == "genagg"
+    genagg["readout"]["inverse_loss"] = False
+    assert table.column_label(genagg, "readout") == "genagg inverse_loss=False"
+    ga = Config.from_dict({"pool": {"name": "ga", "alpha": -0.5, "positive": "exp"}}).to_dict()
+    assert table.column_label(ga, "pool") == "ga positive=exp α=-0.5"
+    assert table._column_order("ga positive=exp α=-0.5") == (1, -0.5)
