@@ -2,7 +2,8 @@
 # Issue #22 section 2: a second worker for PROTEINS at 896ce32, beside select_graph_896ce32.sh, so that
 # both cores work once the imbalance study is done: this one takes extended_ga, pna and genagg (the other
 # script's PROTEINS sweep then finds them done and skips them; never start both on the same readout, as a
-# candidate that the other worker is running is skipped, not waited for). Waits for the imbalance job to end.
+# candidate that the other worker is running is skipped, not waited for). Waits for the imbalance job to end
+# (it finished at cedad2c, so a new session starts at once).
 # Same journal; resumes.
 echo 12 > /proc/self/autogroup
 while pgrep -f imbalance_seeds.sh > /dev/null; do sleep 60; done
