@@ -179,28 +179,25 @@ def paired(runs, column: str, metric: str, reference: str, rows=("dataset.name",
     """{row: {column label: (wins, ties, losses)}} of ``metric`` against the column ``reference``,
     over the runs paired by ``pair_key`` (the reference column itself is left out; a row without
     the reference column gets no counts)."""
-    values = {}
-    for run in runs:
-        if metric not in run["results"]:
-            continue
-        cell = values.setdefault(row_label(run["config"], list(rows)), {}).setdefault(column_label(run["config"], column), {})
-        key = pair_key(run["config"])
-        if key in cell:
-            raise ValueError(f"make_table --versus: two runs of one cell share seed and fold {key}; "
-                             "filter one of them out, or use --newest")
-        cell[key] = run["results"][metric]
-    if values and not any(reference in row for row in values.values()):
-        labels = sorted({label for row in values.values() for label in row})
-        raise ValueError(f"make_table --versus: no column {reference!r} (columns: {', '.join(labels)})")
+    cells, columns = collect(runs, column, metric, rows,
+                             value=lambda run: (pair_key(run["config"]), run["results"][metric]))
+    if cells and reference not in columns:
+        raise ValueError(f"make_table --versus: no column {reference!r} (columns: {', '.join(sorted(columns))})")
     out = {}
-    for row_name, row in values.items():
+    for row_name, row in cells.items():
+        keyed = {}
+        for label, keyed_values in row.items():
+            cell = keyed[label] = {}
+            for key, value in keyed_values:
+                if key in cell:
+                    raise ValueError(f"make_table --versus: two runs of one cell share seed and fold {key}; "
+                                     "filter one of them out, or use --newest")
+                cell[key] = value
         out[row_name] = {}
-        if reference not in row:  # e.g. a dataset still running: its cells print as –
+        if reference not in keyed:  # e.g. a dataset still running: its cells print as –
             continue
-        base = row[reference]
-        for label, cell in row.items():
-            if label == reference:
-                continue
+        base = keyed.pop(reference)
+        for label, cell in keyed.items():
             pairs = [(cell[k], base[k]) for k in cell if k in base]
             out[row_name][label] = (sum(a > b for a, b in pairs), sum(a == b for a, b in pairs),
                                     sum(a < b for a, b in pairs))
@@ -211,10 +208,8 @@ def render_versus(counts, columns, reference: str) -> str:
     """Wins / ties / losses against ``reference`` per cell, with the sign test's p."""
     lines = [f"| vs {reference}: W/T/L (sign p) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row_name, row in counts.items():
-        texts = []
-        for c in columns:
-            wins, ties, losses = row.get(c, (0, 0, 0))
-            texts.append(f"{wins}/{ties}/{losses} (p = {sign_test(wins, losses):.2f})" if c in row else "–")
+        texts = [f"{row[c][0]}/{row[c][1]}/{row[c][2]} (p = {sign_test(row[c][0], row[c][2]):.2f})" if c in row
+                 else "–" for c in columns]
         lines.append("| " + " | ".join([row_name, *texts]) + " |")
     return "\n".join(lines)
 
