@@ -207,6 +207,7 @@ def figure(rows, path: pathlib.Path):
 
     from gaflax.metrics import pr_curve
 
+    objectives = list(dict.fromkeys(r["objective"] for r in rows))  # one colour and marker each, everywhere
     panels = {}
     for r in rows:
         panels.setdefault(r["dataset"], {}).setdefault(r.get("model", "mlp"), []).append(r)
@@ -216,9 +217,10 @@ def figure(rows, path: pathlib.Path):
         for ax in axes_row[len(models):]:
             ax.axis("off")
         for ax, (model, members) in zip(axes_row, models.items()):
-            objectives = list(dict.fromkeys(r["objective"] for r in members))
             for i, objective in enumerate(objectives):
                 points = [r for r in members if r["objective"] == objective]
+                if not points:
+                    continue
                 color, marker = f"C{i}", "osD^vP"[i % 6]
                 recall, precision = np.array([r["recall"] for r in points]), np.array([r["precision"] for r in points])
                 if len(points) == 1:
@@ -237,8 +239,9 @@ def figure(rows, path: pathlib.Path):
             (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # zoomed to the points, inside [0, 1]
             ax.set(xlim=(max(x0, -0.02), min(x1, 1.02)), ylim=(max(y0, -0.02), min(y1, 1.02)))
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()  # the objectives, in one order everywhere
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend([handles[o] for o in objectives], objectives, loc="lower center", ncol=len(objectives), fontsize=8,
+               frameon=False)
     fig.suptitle("Test precision and recall of each objective's tuned model at its validation-tuned threshold\n"
                  "(one seed: with its PR curve; several: each seed, and the mean ± std)", fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))

@@ -245,7 +245,8 @@ def test_replot_draws_the_figure_from_study_json_alone(tmp_path, capsys):
     rows = [{"dataset": dataset, "model": model, "objective": objective, "seed": seed, "run_dir": "/nonexistent",
              "precision": 0.5 + 0.1 * seed, "recall": 0.3 + 0.05 * i, "fp": 3, "fn": 4, "f1": 0.4}
             for dataset in models for model in models[dataset]
-            for i, objective in enumerate(("f1", "f_half")) for seed in range(3)]
+            for i, objective in enumerate(("f1", "f_half")) for seed in range(3)
+            if (dataset, objective) != ("reddit_anomaly", "f1")]  # a panel without one objective
     with pytest.raises(SystemExit):
         imbalance_study.main(["--out", str(tmp_path), "--replot"])
     assert "study.json does not exist" in capsys.readouterr().err
